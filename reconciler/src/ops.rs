@@ -1,0 +1,137 @@
+//! The commands, as library functions: each takes an options struct and a
+//! [`Console`], does its job through the other modules, and returns the exit
+//! status. They know nothing of argument parsing (that is `main.rs`), so tests
+//! and other programs can call them directly.
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::desired::{self, Capacities, LoadError};
+use crate::vdev::{Vdev, VdevKind};
+
+/// What a command tells the shell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Success; for `plan`, no changes.
+    Success = 0,
+    /// An error: bad input, an unreachable host, a failed operation.
+    Error = 1,
+    /// `plan` found changes to make.
+    Changes = 2,
+    /// Refused: unsafe sharing, destroy protection, a stale plan.
+    Refused = 3,
+}
+
+/// Where a command writes, and whether its error stream may use colour.
+pub struct Console<'a> {
+    pub out: &'a mut dyn Write,
+    pub err: &'a mut dyn Write,
+    pub colour: bool,
+}
+
+/// `xendisk validate FILE...`
+#[derive(Debug, Clone)]
+pub struct ValidateOptions {
+    pub files: Vec<PathBuf>,
+}
+
+/// Validates each file and reports every problem of every file.
+pub fn validate(options: &ValidateOptions, console: &mut Console<'_>) -> io::Result<Exit> {
+    let mut exit = Exit::Success;
+    for file in &options.files {
+        match desired::load(file, &Capacities::new()) {
+            Ok(desired) => {
+                let attachments: usize = desired.domains.values().map(|d| d.disks.len()).sum();
+                writeln!(
+                    console.out,
+                    "{}: valid ({}, {}, {}, {})",
+                    file.display(),
+                    count(desired.pools.len(), "pool"),
+                    count(desired.vdisks.len(), "vdisk"),
+                    count(desired.domains.len(), "domain"),
+                    count(attachments, "attachment"),
+                )?;
+            }
+            Err(LoadError::Invalid(problems)) => {
+                console.err.write_all(problems.render(console.colour).as_bytes())?;
+                exit = Exit::Error;
+            }
+            Err(error @ LoadError::Read { .. }) => {
+                writeln!(console.err, "error: {error}")?;
+                exit = Exit::Error;
+            }
+        }
+    }
+    Ok(exit)
+}
+
+fn count(n: usize, what: &str) -> String {
+    if n == 1 { format!("1 {what}") } else { format!("{n} {what}s") }
+}
+
+/// `xendisk vdev NAME|NUMBER...`
+#[derive(Debug, Clone)]
+pub struct VdevOptions {
+    pub names: Vec<String>,
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct VdevRow<'a> {
+    input: &'a str,
+    device_id: u32,
+    canonical: String,
+    kind: VdevKind,
+    disk: u32,
+    partition: u32,
+}
+
+/// Prints each vdev's device id, canonical name, disk and partition.
+pub fn vdev(options: &VdevOptions, console: &mut Console<'_>) -> io::Result<Exit> {
+    let mut exit = Exit::Success;
+    let mut rows = Vec::new();
+    for name in &options.names {
+        match Vdev::parse(name) {
+            Ok(vdev) => rows.push(VdevRow {
+                input: name,
+                device_id: vdev.device_id(),
+                canonical: vdev.canonical_name(),
+                kind: vdev.kind,
+                disk: vdev.disk,
+                partition: vdev.partition,
+            }),
+            Err(error) => {
+                writeln!(console.err, "error: {error}")?;
+                exit = Exit::Error;
+            }
+        }
+    }
+    if options.json {
+        serde_json::to_writer_pretty(&mut *console.out, &rows)?;
+        writeln!(console.out)?;
+    } else if !rows.is_empty() {
+        let width = rows.iter().map(|r| r.input.len()).max().unwrap_or(0).max("VDEV".len());
+        writeln!(console.out, "{:width$}  {:>9}  {:>9}  {:11}  {:>7}  PARTITION", "VDEV", "DEVICE ID", "HEX", "CANONICAL", "DISK")?;
+        for row in &rows {
+            writeln!(
+                console.out,
+                "{:width$}  {:>9}  {:>9}  {:11}  {:>7}  {}",
+                row.input,
+                row.device_id,
+                format!("{:#x}", row.device_id),
+                row.canonical,
+                row.disk,
+                row.partition
+            )?;
+        }
+    }
+    Ok(exit)
+}
+
+/// `xendisk schema`: prints the JSON Schema of desired-state files.
+pub fn schema(console: &mut Console<'_>) -> io::Result<Exit> {
+    console.out.write_all(crate::schema::desired_state_schema().as_bytes())?;
+    Ok(Exit::Success)
+}

@@ -1,0 +1,13 @@
+//! JSON Schemas of xendisk's file formats, generated from the Rust types so
+//! they cannot drift; the committed copies under `schemas/` are checked
+//! against these by the tests.
+
+use crate::desired::Desired;
+
+/// The desired-state file's schema, pretty-printed with a final newline.
+pub fn desired_state_schema() -> String {
+    let schema = schemars::schema_for!(Desired);
+    let mut text = serde_json::to_string_pretty(&schema).expect("a schema is always valid JSON");
+    text.push('\n');
+    text
+}
