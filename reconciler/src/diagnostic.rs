@@ -26,7 +26,11 @@ pub struct Problem {
 
 impl Problem {
     pub fn new(span: Option<Range<usize>>, message: impl Into<String>) -> Problem {
-        Problem { span, message: message.into(), notes: Vec::new() }
+        Problem {
+            span,
+            message: message.into(),
+            notes: Vec::new(),
+        }
     }
 
     pub fn with_note(mut self, note: impl Into<String>) -> Problem {
@@ -47,10 +51,18 @@ pub struct FileProblems {
 }
 
 impl FileProblems {
-    pub fn new(file: impl Into<String>, text: impl Into<String>, mut problems: Vec<Problem>) -> Self {
+    pub fn new(
+        file: impl Into<String>,
+        text: impl Into<String>,
+        mut problems: Vec<Problem>,
+    ) -> Self {
         // File order reads best; problems without a place go last.
         problems.sort_by_key(|p| p.span.as_ref().map_or(usize::MAX, |s| s.start));
-        FileProblems { file: file.into(), text: text.into(), problems }
+        FileProblems {
+            file: file.into(),
+            text: text.into(),
+            problems,
+        }
     }
 
     /// `file:line:column` of a problem, 1-based, counting columns in characters.
@@ -70,7 +82,10 @@ impl FileProblems {
     /// Colour is for terminals only; callers decide.
     pub fn render(&self, colour: bool) -> String {
         let file = SimpleFile::new(self.file.as_str(), self.text.as_str());
-        let config = Config { chars: Chars::ascii(), ..Config::default() };
+        let config = Config {
+            chars: Chars::ascii(),
+            ..Config::default()
+        };
         let mut out = Vec::new();
         for problem in &self.problems {
             let mut diagnostic = Diagnostic::error().with_message(&problem.message);
@@ -94,7 +109,13 @@ impl FileProblems {
         }
         let count = self.problems.len();
         let plural = if count == 1 { "" } else { "s" };
-        out.extend(format!("error: {} has {count} problem{plural}; nothing was changed\n", self.file).bytes());
+        out.extend(
+            format!(
+                "error: {} has {count} problem{plural}; nothing was changed\n",
+                self.file
+            )
+            .bytes(),
+        );
         String::from_utf8_lossy(&out).into_owned()
     }
 }

@@ -41,7 +41,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let (mut stdout, mut stderr) = (std::io::stdout().lock(), std::io::stderr().lock());
-    let mut console = Console { out: &mut stdout, err: &mut stderr, colour };
+    let mut console = Console {
+        out: &mut stdout,
+        err: &mut stderr,
+        colour,
+    };
     let result = match cli.command {
         Command::Validate { files } => ops::validate(&ops::ValidateOptions { files }, &mut console),
         Command::Vdev { names, json } => ops::vdev(&ops::VdevOptions { names, json }, &mut console),

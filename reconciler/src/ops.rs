@@ -55,7 +55,9 @@ pub fn validate(options: &ValidateOptions, console: &mut Console<'_>) -> io::Res
                 )?;
             }
             Err(LoadError::Invalid(problems)) => {
-                console.err.write_all(problems.render(console.colour).as_bytes())?;
+                console
+                    .err
+                    .write_all(problems.render(console.colour).as_bytes())?;
                 exit = Exit::Error;
             }
             Err(error @ LoadError::Read { .. }) => {
@@ -68,7 +70,11 @@ pub fn validate(options: &ValidateOptions, console: &mut Console<'_>) -> io::Res
 }
 
 fn count(n: usize, what: &str) -> String {
-    if n == 1 { format!("1 {what}") } else { format!("{n} {what}s") }
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
 }
 
 /// `xendisk vdev NAME|NUMBER...`
@@ -112,26 +118,33 @@ pub fn vdev(options: &VdevOptions, console: &mut Console<'_>) -> io::Result<Exit
         serde_json::to_writer_pretty(&mut *console.out, &rows)?;
         writeln!(console.out)?;
     } else if !rows.is_empty() {
-        let width = rows.iter().map(|r| r.input.len()).max().unwrap_or(0).max("VDEV".len());
-        writeln!(console.out, "{:width$}  {:>9}  {:>9}  {:11}  {:>7}  PARTITION", "VDEV", "DEVICE ID", "HEX", "CANONICAL", "DISK")?;
+        let mut table = tabwriter::TabWriter::new(&mut *console.out).padding(2);
+        writeln!(
+            table,
+            "VDEV\tDEVICE ID\tHEX\tCANONICAL\tKIND\tDISK\tPARTITION"
+        )?;
         for row in &rows {
             writeln!(
-                console.out,
-                "{:width$}  {:>9}  {:>9}  {:11}  {:>7}  {}",
+                table,
+                "{}\t{}\t{:#x}\t{}\t{}\t{}\t{}",
                 row.input,
                 row.device_id,
-                format!("{:#x}", row.device_id),
+                row.device_id,
                 row.canonical,
+                row.kind.prefix(),
                 row.disk,
                 row.partition
             )?;
         }
+        table.flush()?;
     }
     Ok(exit)
 }
 
 /// `xendisk schema`: prints the JSON Schema of desired-state files.
 pub fn schema(console: &mut Console<'_>) -> io::Result<Exit> {
-    console.out.write_all(crate::schema::desired_state_schema().as_bytes())?;
+    console
+        .out
+        .write_all(crate::schema::desired_state_schema().as_bytes())?;
     Ok(Exit::Success)
 }

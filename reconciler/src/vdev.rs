@@ -40,6 +40,17 @@ pub enum VdevKind {
     Sd,
 }
 
+impl VdevKind {
+    /// The name prefix of this kind: `xvd`, `hd` or `sd`.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            VdevKind::Xvd => "xvd",
+            VdevKind::Hd => "hd",
+            VdevKind::Sd => "sd",
+        }
+    }
+}
+
 /// A validated vdev: a disk type, a disk number and a partition (0 = whole disk).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Vdev {
@@ -112,14 +123,30 @@ impl Vdev {
                     short_xvd_id(disk, partition)
                 )));
             }
-            return Ok(Vdev { kind: VdevKind::Xvd, disk, partition });
+            return Ok(Vdev {
+                kind: VdevKind::Xvd,
+                disk,
+                partition,
+            });
         }
         let major = id >> 8;
         let minor = id & 0xff;
         let vdev = match major {
-            XVD_MAJOR => Vdev { kind: VdevKind::Xvd, disk: minor >> 4, partition: minor & 0xf },
-            SD_MAJOR => Vdev { kind: VdevKind::Sd, disk: minor >> 4, partition: minor & 0xf },
-            HD_MAJOR_FIRST => Vdev { kind: VdevKind::Hd, disk: minor >> 6, partition: minor & 0x3f },
+            XVD_MAJOR => Vdev {
+                kind: VdevKind::Xvd,
+                disk: minor >> 4,
+                partition: minor & 0xf,
+            },
+            SD_MAJOR => Vdev {
+                kind: VdevKind::Sd,
+                disk: minor >> 4,
+                partition: minor & 0xf,
+            },
+            HD_MAJOR_FIRST => Vdev {
+                kind: VdevKind::Hd,
+                disk: minor >> 6,
+                partition: minor & 0x3f,
+            },
             HD_MAJOR_SECOND => Vdev {
                 kind: VdevKind::Hd,
                 disk: 2 + (minor >> 6),
@@ -136,7 +163,10 @@ impl Vdev {
             }
         };
         if vdev.kind == VdevKind::Hd && vdev.disk > 3 {
-            return Err(invalid(format!("device id {id} names IDE disk {}, but only 0-3 exist", vdev.disk)));
+            return Err(invalid(format!(
+                "device id {id} names IDE disk {}, but only 0-3 exist",
+                vdev.disk
+            )));
         }
         Ok(vdev)
     }
@@ -150,7 +180,11 @@ impl Vdev {
             VdevKind::Xvd => EXTENDED | (self.disk << 8) | self.partition,
             VdevKind::Sd => (SD_MAJOR << 8) | (self.disk << 4) | self.partition,
             VdevKind::Hd => {
-                let major = if self.disk < 2 { HD_MAJOR_FIRST } else { HD_MAJOR_SECOND };
+                let major = if self.disk < 2 {
+                    HD_MAJOR_FIRST
+                } else {
+                    HD_MAJOR_SECOND
+                };
                 (major << 8) | ((self.disk & 1) << 6) | self.partition
             }
         }
@@ -159,12 +193,7 @@ impl Vdev {
     /// The conventional name: `xvd`/`hd`/`sd`, the disk as letters, then the
     /// partition unless it is 0 (the whole disk).
     pub fn canonical_name(&self) -> String {
-        let prefix = match self.kind {
-            VdevKind::Xvd => "xvd",
-            VdevKind::Hd => "hd",
-            VdevKind::Sd => "sd",
-        };
-        let mut name = format!("{prefix}{}", disk_letters(self.disk));
+        let mut name = format!("{}{}", self.kind.prefix(), disk_letters(self.disk));
         if self.partition != 0 {
             name.push_str(&self.partition.to_string());
         }
@@ -204,7 +233,9 @@ fn parse_lettered(
     max_partition: u32,
 ) -> Result<Vdev, VdevError> {
     let prefix = &text[..text.len() - rest.len()];
-    let letters_end = rest.find(|c: char| !c.is_ascii_lowercase()).unwrap_or(rest.len());
+    let letters_end = rest
+        .find(|c: char| !c.is_ascii_lowercase())
+        .unwrap_or(rest.len());
     let (letters, digits) = rest.split_at(letters_end);
     let last_disk_letter = disk_letters(max_disk);
     if letters.is_empty() {
@@ -221,14 +252,20 @@ fn parse_lettered(
         )));
     };
     let partition = parse_partition(text, digits, max_partition)?;
-    Ok(Vdev { kind, disk: disk as u32, partition })
+    Ok(Vdev {
+        kind,
+        disk: disk as u32,
+        partition,
+    })
 }
 
 /// Reads letters as a bijective base-26 number, `None` on overflow.
 fn bijective_to_index(letters: &str) -> Option<u64> {
     let mut value: u64 = 0;
     for letter in letters.bytes() {
-        value = value.checked_mul(26)?.checked_add(u64::from(letter - b'a') + 1)?;
+        value = value
+            .checked_mul(26)?
+            .checked_add(u64::from(letter - b'a') + 1)?;
         if value > u64::from(u32::MAX) {
             return None;
         }
@@ -267,18 +304,26 @@ fn parse_numbered(text: &str, rest: &str) -> Result<Vdev, VdevError> {
         return Err(invalid(format!("`{text}` has no partition; {expected}")));
     };
     let (Some(disk), Some(partition)) = (parse_decimal(disk), parse_decimal(partition)) else {
-        return Err(invalid(format!("`{text}` is not a d<disk>p<partition> name; {expected}")));
+        return Err(invalid(format!(
+            "`{text}` is not a d<disk>p<partition> name; {expected}"
+        )));
     };
     if disk > MAX_XVD_DISK || partition > MAX_XVD_PARTITION {
         return Err(invalid(format!("`{text}` is out of range; {expected}")));
     }
-    Ok(Vdev { kind: VdevKind::Xvd, disk, partition })
+    Ok(Vdev {
+        kind: VdevKind::Xvd,
+        disk,
+        partition,
+    })
 }
 
 /// A plain device id, decimal or `0x` hexadecimal.
 fn parse_device_id(text: &str) -> Result<Vdev, VdevError> {
     let id = if let Some(hex) = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
-        u32::from_str_radix(hex, 16).ok().filter(|_| !hex.starts_with('+'))
+        u32::from_str_radix(hex, 16)
+            .ok()
+            .filter(|_| !hex.starts_with('+'))
     } else {
         // Stricter than libxl: a leading zero means octal to strtoul; a
         // reviewer would read it as decimal, so it is refused.
@@ -298,7 +343,11 @@ fn parse_decimal(digits: &str) -> Option<u32> {
     let well_formed = !digits.is_empty()
         && digits.bytes().all(|b| b.is_ascii_digit())
         && (digits == "0" || !digits.starts_with('0'));
-    if well_formed { digits.parse().ok() } else { None }
+    if well_formed {
+        digits.parse().ok()
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]

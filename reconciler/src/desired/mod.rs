@@ -22,7 +22,10 @@ use crate::diagnostic::{FileProblems, Problem};
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("cannot read desired-state file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Invalid(FileProblems),
 }
@@ -30,7 +33,10 @@ pub enum LoadError {
 /// Reads, decodes and validates a desired-state file.
 pub fn load(path: &Path, capacities: &Capacities) -> Result<Desired, LoadError> {
     let name = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| LoadError::Read { path: name.clone(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+        path: name.clone(),
+        source,
+    })?;
     from_bytes(&name, &bytes, capacities)
 }
 
@@ -40,10 +46,15 @@ pub fn from_bytes(name: &str, bytes: &[u8], capacities: &Capacities) -> Result<D
         Ok(text) => text,
         Err(error) => {
             let at = error.valid_up_to();
-            let problem = Problem::new(Some(at..at + 1), "the file is not valid UTF-8")
-                .with_note("desired-state files are TOML, which must be UTF-8; re-save the file as UTF-8");
+            let problem = Problem::new(Some(at..at + 1), "the file is not valid UTF-8").with_note(
+                "desired-state files are TOML, which must be UTF-8; re-save the file as UTF-8",
+            );
             let lossy = String::from_utf8_lossy(bytes);
-            return Err(LoadError::Invalid(FileProblems::new(name, lossy, vec![problem])));
+            return Err(LoadError::Invalid(FileProblems::new(
+                name,
+                lossy,
+                vec![problem],
+            )));
         }
     };
     from_str(name, text, capacities)
@@ -63,7 +74,11 @@ pub fn from_str(name: &str, text: &str, capacities: &Capacities) -> Result<Desir
         problem.notes = finding.notes;
         problems.push(problem);
     }
-    if problems.is_empty() { Ok(desired) } else { Err(invalid(problems)) }
+    if problems.is_empty() {
+        Ok(desired)
+    } else {
+        Err(invalid(problems))
+    }
 }
 
 #[cfg(test)]

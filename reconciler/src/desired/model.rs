@@ -9,6 +9,10 @@ use serde::{Deserialize, Serialize};
 
 use super::values::{Expiry, Mode, Realise, Scrub, Sharing, Size, Source, Toolstack};
 
+/// Pool and vdisk names: xenstore path elements that fit in a device-mapper
+/// name (checked again, with a message, by validation).
+const NAME_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9_-]{0,118}$";
+
 /// A desired-state file: the pools, vdisks and attachments a host should have.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -19,14 +23,17 @@ pub struct Desired {
     pub settings: Settings,
     /// Free-space pools, by name: devices cut into extents.
     #[serde(default)]
+    #[schemars(extend("propertyNames" = { "pattern": NAME_PATTERN }))]
     pub pools: BTreeMap<String, Pool>,
     /// Virtual disks, by name, each allocated from a pool. A vdisk no longer
     /// listed is planned for deletion.
     #[serde(default)]
+    #[schemars(extend("propertyNames" = { "pattern": NAME_PATTERN }))]
     pub vdisks: BTreeMap<String, Vdisk>,
     /// Managed domains, by name: each one's disks are exactly those listed.
     /// Domains not listed here are left alone.
     #[serde(default)]
+    #[schemars(extend("propertyNames" = { "pattern": "^[^/\\u0000-\\u001f]+$" }))]
     pub domains: BTreeMap<String, Domain>,
 }
 

@@ -40,8 +40,15 @@ pub fn parse_document(text: &str) -> (Option<Document<'_>>, Vec<Problem>) {
     if errors.is_empty() {
         (Some(document), Vec::new())
     } else {
+        // The parser recovers and goes on, but what it reports after the first
+        // error on a line is mostly that error's echo: keep one per line.
+        let mut lines_seen = BTreeSet::new();
         let problems = errors
             .into_iter()
+            .filter(|e| {
+                let start = e.span().map_or(0, |s| s.start).min(text.len());
+                lines_seen.insert(text[..start].matches('\n').count())
+            })
             .map(|e| {
                 Problem::new(e.span(), format!("invalid TOML: {}", e.message()))
                     .with_note("see https://toml.io for the syntax")
@@ -128,7 +135,7 @@ fn decode_entries<T: DeserializeOwned>(
     undecoded: &mut BTreeSet<String>,
 ) -> BTreeMap<String, T> {
     let mut entries = BTreeMap::new();
-    let Some(table) = table_of(value, section, problems) else {
+    let Some(table) = table_of(value, section, "NAME", problems) else {
         return entries;
     };
     for (name, entry) in table.iter() {
@@ -145,15 +152,18 @@ fn decode_entries<T: DeserializeOwned>(
 }
 
 /// `[domains.NAME]` holds only `disks`; each disk is decoded separately.
-fn decode_domains(value: &Spanned<DeValue<'_>>, problems: &mut Vec<Problem>) -> BTreeMap<String, Domain> {
+fn decode_domains(
+    value: &Spanned<DeValue<'_>>,
+    problems: &mut Vec<Problem>,
+) -> BTreeMap<String, Domain> {
     let mut domains = BTreeMap::new();
-    let Some(table) = table_of(value, "domains", problems) else {
+    let Some(table) = table_of(value, "domains", "NAME.disks", problems) else {
         return domains;
     };
     for (name, entry) in table.iter() {
         let mut domain = Domain::default();
         let section = format!("domains.{}", name.get_ref());
-        let Some(fields) = table_of(entry, &section, problems) else {
+        let Some(fields) = table_of(entry, &section, "disks", problems) else {
             continue;
         };
         for (field, disks) in fields.iter() {
@@ -178,6 +188,7 @@ fn decode_domains(value: &Spanned<DeValue<'_>>, problems: &mut Vec<Problem>) -> 
 fn table_of<'v, 'i>(
     value: &'v Spanned<DeValue<'i>>,
     section: &str,
+    sub_section: &str,
     problems: &mut Vec<Problem>,
 ) -> Option<&'v DeTable<'i>> {
     let table = value.get_ref().as_table();
@@ -185,9 +196,12 @@ fn table_of<'v, 'i>(
         problems.push(
             Problem::new(
                 Some(value.span()),
-                format!("`{section}` must be a table, found {}", value.get_ref().type_str()),
+                format!(
+                    "`{section}` must be a table, found {}",
+                    value.get_ref().type_str()
+                ),
             )
-            .with_note(format!("write it as [{section}.NAME] sections")),
+            .with_note(format!("write it as [{section}.{sub_section}] sections")),
         );
     }
     table

@@ -47,7 +47,12 @@ struct Findings(Vec<Finding>);
 
 impl Findings {
     fn add(&mut self, path: Vec<Step>, point: Point, message: String, note: impl Into<String>) {
-        self.0.push(Finding { path, point, message, notes: vec![note.into()] });
+        self.0.push(Finding {
+            path,
+            point,
+            message,
+            notes: vec![note.into()],
+        });
     }
 }
 
@@ -59,7 +64,9 @@ fn path(keys: &[&str]) -> Vec<Step> {
 /// xen's docs/misc/xenstore.txt) and inside a device-mapper name.
 fn check_name(kind: &str, name: &str, section: &str, findings: &mut Findings) {
     let well_formed = name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     let message = if !well_formed {
         format!("{kind} name \"{name}\" is not allowed")
     } else if name.len() > MAX_VDISK_NAME {
@@ -128,23 +135,34 @@ fn check_pools(desired: &Desired, undecoded: &Undecoded, findings: &mut Findings
 /// Lexically normalised, so `/dev//sdb` and `/dev/./sdb` count as `/dev/sdb`.
 /// Symbolic links (by-id names) are resolved later, against the host.
 fn normalise_path(path: &str) -> String {
-    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
+    let parts: Vec<&str> = path
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
     format!("/{}", parts.join("/"))
 }
 
 fn check_extent_size(name: &str, pool: &Pool, findings: &mut Findings) {
     let sectors = pool.extent_size.sectors();
-    if sectors < MIB_SECTORS || sectors % MIB_SECTORS != 0 {
+    if sectors < MIB_SECTORS || !sectors.is_multiple_of(MIB_SECTORS) {
         findings.add(
             path(&["pools", name, "extent_size"]),
             Point::Value,
-            format!("extent size {} of pool `{name}` is not a whole number of MiB", pool.extent_size),
+            format!(
+                "extent size of pool `{name}` is {}, not a whole number of MiB",
+                pool.extent_size
+            ),
             "expected at least 1MiB, in whole MiB, such as \"64MiB\"",
         );
     }
 }
 
-fn check_vdisks(desired: &Desired, capacities: &Capacities, undecoded: &Undecoded, findings: &mut Findings) {
+fn check_vdisks(
+    desired: &Desired,
+    capacities: &Capacities,
+    undecoded: &Undecoded,
+    findings: &mut Findings,
+) {
     for name in &undecoded.vdisks {
         check_name("vdisk", name, "vdisks", findings);
     }
@@ -165,10 +183,21 @@ fn check_vdisks(desired: &Desired, capacities: &Capacities, undecoded: &Undecode
     }
 }
 
-fn check_size(name: &str, vdisk: &Vdisk, pool: &Pool, capacity: Option<&Size>, findings: &mut Findings) {
+fn check_size(
+    name: &str,
+    vdisk: &Vdisk,
+    pool: &Pool,
+    capacity: Option<&Size>,
+    findings: &mut Findings,
+) {
     let at = || path(&["vdisks", name, "size"]);
     if vdisk.size.sectors() == 0 {
-        findings.add(at(), Point::Value, format!("vdisk `{name}` has size 0"), "expected a size of at least one extent");
+        findings.add(
+            at(),
+            Point::Value,
+            format!("vdisk `{name}` has size 0"),
+            "expected a size of at least one extent",
+        );
         return;
     }
     let Some(capacity) = capacity else { return };

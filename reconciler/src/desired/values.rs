@@ -88,13 +88,18 @@ impl FromStr for Size {
 
     fn from_str(text: &str) -> Result<Size, String> {
         let trimmed = text.trim();
-        let digits_end = trimmed.find(|c: char| !c.is_ascii_digit()).unwrap_or(trimmed.len());
+        let digits_end = trimmed
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(trimmed.len());
         let (digits, unit) = trimmed.split_at(digits_end);
         let unit = unit.trim_start();
         let multiplier = if unit.is_empty() {
             Some(1)
         } else {
-            SIZE_UNITS.iter().find(|(name, _)| *name == unit).map(|(_, m)| *m)
+            SIZE_UNITS
+                .iter()
+                .find(|(name, _)| *name == unit)
+                .map(|(_, m)| *m)
         };
         let (Ok(number), Some(multiplier)) = (digits.parse::<u64>(), multiplier) else {
             return Err(format!("invalid size \"{text}\"; {SIZE_EXPECTED}"));
@@ -114,7 +119,7 @@ impl fmt::Display for Size {
         let (name, multiplier) = SIZE_UNITS
             .iter()
             .filter(|(name, _)| name.ends_with("iB") || *name == "B")
-            .find(|(_, m)| bytes % m == 0 && bytes >= *m)
+            .find(|(_, m)| bytes.is_multiple_of(*m) && bytes >= *m)
             .unwrap_or(&("B", 1));
         write!(f, "{}{name}", bytes / multiplier)
     }
@@ -175,7 +180,13 @@ pub enum Expiry {
     AfterCreation { seconds: u64 },
 }
 
-const DURATION_UNITS: &[(char, u64)] = &[('s', 1), ('m', 60), ('h', 3600), ('d', 86_400), ('w', 604_800)];
+const DURATION_UNITS: &[(char, u64)] = &[
+    ('s', 1),
+    ('m', 60),
+    ('h', 3600),
+    ('d', 86_400),
+    ('w', 604_800),
+];
 
 const EXPIRY_EXPECTED: &str = "expected \"never\", an RFC 3339 time such as \
                                \"2027-01-31T00:00:00Z\", or a duration after creation: a whole \
@@ -222,7 +233,7 @@ impl fmt::Display for Expiry {
                 let (unit, unit_seconds) = DURATION_UNITS
                     .iter()
                     .rev()
-                    .find(|(_, s)| seconds % s == 0)
+                    .find(|(_, s)| seconds.is_multiple_of(*s))
                     .unwrap_or(&('s', 1));
                 write!(f, "{}{unit}", seconds / unit_seconds)
             }
@@ -244,7 +255,10 @@ impl JsonSchema for Expiry {
             "anyOf": [
                 { "const": "never" },
                 { "pattern": "^[0-9]+[smhdw]$" },
-                { "format": "date-time" }
+                {
+                    "format": "date-time",
+                    "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+                }
             ]
         })
     }
@@ -272,7 +286,9 @@ impl FromStr for Source {
             return Err(format!("source \"{text}\" has no kind; {expected}"));
         };
         if target.is_empty() {
-            return Err(format!("source \"{text}\" names nothing after `{kind}:`; {expected}"));
+            return Err(format!(
+                "source \"{text}\" names nothing after `{kind}:`; {expected}"
+            ));
         }
         match kind {
             "vdisk" => Ok(Source::Vdisk(target.to_owned())),
@@ -286,7 +302,9 @@ impl FromStr for Source {
                 "source \"{text}\": file: takes an absolute path (dom0 resolves it, not the \
                  directory xendisk runs in)"
             )),
-            _ => Err(format!("source \"{text}\" has unknown kind `{kind}`; {expected}")),
+            _ => Err(format!(
+                "source \"{text}\" has unknown kind `{kind}`; {expected}"
+            )),
         }
     }
 }
@@ -447,7 +465,15 @@ mod tests {
         assert_eq!(bytes("512"), Ok(512));
         assert_eq!(bytes("1"), Ok(512));
         assert_eq!(bytes("0B"), Ok(0));
-        for bad in ["", "MiB", "1.5GiB", "-1MiB", "8 gib", "8GiBs", "99999999999TiB"] {
+        for bad in [
+            "",
+            "MiB",
+            "1.5GiB",
+            "-1MiB",
+            "8 gib",
+            "8GiBs",
+            "99999999999TiB",
+        ] {
             assert!(bad.parse::<Size>().is_err(), "{bad:?} accepted");
         }
     }
@@ -465,7 +491,10 @@ mod tests {
         assert_eq!("never".parse(), Ok(Expiry::Never));
         assert_eq!("90m".parse(), Ok(Expiry::AfterCreation { seconds: 5400 }));
         assert_eq!("12h".parse(), Ok(Expiry::AfterCreation { seconds: 43_200 }));
-        assert_eq!("30d".parse(), Ok(Expiry::AfterCreation { seconds: 2_592_000 }));
+        assert_eq!(
+            "30d".parse(),
+            Ok(Expiry::AfterCreation { seconds: 2_592_000 })
+        );
         let at: Expiry = "2027-01-31T12:00:00+01:00".parse().unwrap();
         assert_eq!(at.to_string(), "2027-01-31T11:00:00Z");
         for bad in ["", "0d", "30 d", "d", "forever", "2027-01-31", "1y"] {
@@ -478,7 +507,10 @@ mod tests {
     fn sources_and_modes() {
         assert_eq!("vdisk:web".parse(), Ok(Source::Vdisk("web".into())));
         assert_eq!("phy:/dev/sr0".parse(), Ok(Source::Phy("/dev/sr0".into())));
-        assert_eq!("file:/srv/a,b.img".parse(), Ok(Source::File("/srv/a,b.img".into())));
+        assert_eq!(
+            "file:/srv/a,b.img".parse(),
+            Ok(Source::File("/srv/a,b.img".into()))
+        );
         for bad in ["web", "vdisk:", "phy:sda3", "file:rel.img", "tap:aio:/x"] {
             assert!(bad.parse::<Source>().is_err(), "{bad:?} accepted");
         }

@@ -108,10 +108,18 @@ fn valid_names_map_to_hand_computed_ids() {
         let vdev = Vdev::parse(input).unwrap_or_else(|e| panic!("{input:?} rejected: {e}"));
         assert_eq!(vdev.device_id(), id, "device id of {input:?}");
         assert_eq!(vdev.canonical_name(), name, "canonical name of {input:?}");
-        assert_eq!((vdev.disk, vdev.partition), (disk, partition), "disk/partition of {input:?}");
+        assert_eq!(
+            (vdev.disk, vdev.partition),
+            (disk, partition),
+            "disk/partition of {input:?}"
+        );
         let back = Vdev::from_device_id(id).unwrap_or_else(|e| panic!("id {id} rejected: {e}"));
         assert_eq!(back, vdev, "{input:?} does not round-trip through id {id}");
-        assert_eq!(Vdev::parse(name).unwrap(), vdev, "canonical name {name:?} reparses");
+        assert_eq!(
+            Vdev::parse(name).unwrap(),
+            vdev,
+            "canonical name {name:?} reparses"
+        );
     }
 }
 

@@ -1,0 +1,79 @@
+//! The committed JSON Schemas must equal what the types generate.
+//! `XENDISK_BLESS=1 cargo test --test schema` rewrites them.
+
+use std::fs;
+use std::path::Path;
+
+#[test]
+fn committed_desired_state_schema_is_current() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/xendisk.schema.json");
+    let generated = xendisk::schema::desired_state_schema();
+    if std::env::var_os("XENDISK_BLESS").is_some() {
+        fs::write(&path, &generated).expect("schemas/ is writable");
+        return;
+    }
+    let committed = fs::read_to_string(&path).unwrap_or_default();
+    if committed != generated {
+        let diff = similar::TextDiff::from_lines(&committed, &generated)
+            .unified_diff()
+            .header("schemas/xendisk.schema.json (committed)", "generated")
+            .to_string();
+        panic!(
+            "schemas/xendisk.schema.json is stale; run `xendisk schema > schemas/xendisk.schema.json` \
+             or XENDISK_BLESS=1 cargo test --test schema:\n{diff}"
+        );
+    }
+}
+
+/// The schema accepts every example, as an editor would check it, so that its
+/// hand-written parts (sizes, sources, modes, expiries) agree with the parser.
+#[test]
+fn the_schema_accepts_every_example() {
+    let schema: serde_json::Value =
+        serde_json::from_str(&xendisk::schema::desired_state_schema()).expect("schema is JSON");
+    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    for entry in fs::read_dir(dir).expect("examples/ exists") {
+        let path = entry.expect("readable entry").path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let document: serde_json::Value =
+            toml::from_str(&fs::read_to_string(&path).unwrap()).expect("example is TOML");
+        let errors: Vec<String> = validator
+            .iter_errors(&document)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{}: {errors:#?}", path.display());
+    }
+}
+
+/// And refuses what the parser refuses in the same place.
+#[test]
+fn the_schema_refuses_bad_values() {
+    let schema: serde_json::Value =
+        serde_json::from_str(&xendisk::schema::desired_state_schema()).expect("schema is JSON");
+    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
+    for bad in [
+        r#"[vdisks.v]
+pool = "p"
+size = "1.5GiB""#,
+        r#"[domains.g.disks]
+xvda = { source = "phy:sda3", mode = "r" }"#,
+        r#"[domains.g.disks]
+xvda = { source = "vdisk:v", mode = "rw!" }"#,
+        r#"[vdisks.v]
+pool = "p"
+size = "1GiB"
+expires = "forever""#,
+        r#"[vdisks."web.root"]
+pool = "p"
+size = "1GiB""#,
+        r#"[pools.p]
+devices = []
+colour = "blue""#,
+    ] {
+        let document: serde_json::Value = toml::from_str(bad).unwrap();
+        assert!(!validator.is_valid(&document), "schema accepts:\n{bad}");
+    }
+}
