@@ -25,6 +25,8 @@
 
 pub mod desired;
 pub mod diagnostic;
+pub mod extent;
 pub mod ops;
 pub mod schema;
+pub mod state;
 pub mod vdev;

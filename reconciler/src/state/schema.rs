@@ -1,0 +1,102 @@
+//! The state DB's tables, and the forward migrations that build them.
+//!
+//! `PRAGMA user_version` holds the number of migrations applied. A migration
+//! is appended, never edited: a database written by an older xendisk is
+//! brought forward by running the ones it lacks, in one transaction.
+
+use rusqlite::Connection;
+
+/// Each entry moves the schema from version `index` to `index + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: pools, their devices cut into extents, and vdisks.
+    r#"
+    CREATE TABLE pools (
+        id             INTEGER PRIMARY KEY,
+        name           TEXT    NOT NULL UNIQUE,
+        extent_sectors INTEGER NOT NULL CHECK (extent_sectors > 0)
+    ) STRICT;
+
+    -- A pool device and, once observed, where it lies on its whole disk.
+    CREATE TABLE pool_devices (
+        id           INTEGER PRIMARY KEY,
+        pool_id      INTEGER NOT NULL REFERENCES pools(id),
+        path         TEXT    NOT NULL UNIQUE,
+        major        INTEGER NOT NULL,
+        minor        INTEGER NOT NULL,
+        sectors      INTEGER NOT NULL CHECK (sectors >= 0),
+        disk_major   INTEGER,
+        disk_minor   INTEGER,
+        disk_start   INTEGER,
+        added_at     INTEGER NOT NULL,
+        UNIQUE (major, minor)
+    ) STRICT;
+
+    -- A vdisk is live while deleted_at is NULL and expires_at is NULL or in
+    -- the future. Deleted and expired rows are kept as history.
+    CREATE TABLE vdisks (
+        id           INTEGER PRIMARY KEY,
+        name         TEXT    NOT NULL,
+        pool_id      INTEGER NOT NULL REFERENCES pools(id),
+        size_sectors INTEGER NOT NULL CHECK (size_sectors > 0),
+        expiry       TEXT    NOT NULL,
+        created_at   INTEGER NOT NULL,
+        expires_at   INTEGER,
+        deleted_at   INTEGER
+    ) STRICT;
+    CREATE UNIQUE INDEX vdisks_one_live_name ON vdisks(name) WHERE deleted_at IS NULL;
+
+    -- Extent `idx` of a device starts at sector idx * extent_sectors of that
+    -- device. Free when vdisk_id is NULL (or its vdisk is no longer live);
+    -- `position` is its place in the vdisk, the device-mapper table order.
+    CREATE TABLE extents (
+        device_id INTEGER NOT NULL REFERENCES pool_devices(id),
+        idx       INTEGER NOT NULL CHECK (idx >= 0),
+        vdisk_id  INTEGER REFERENCES vdisks(id),
+        position  INTEGER,
+        dirty     INTEGER NOT NULL DEFAULT 0 CHECK (dirty IN (0, 1)),
+        PRIMARY KEY (device_id, idx),
+        CHECK ((vdisk_id IS NULL) = (position IS NULL))
+    ) STRICT, WITHOUT ROWID;
+    CREATE UNIQUE INDEX extents_vdisk_order ON extents(vdisk_id, position)
+        WHERE vdisk_id IS NOT NULL;
+    "#,
+];
+
+/// The schema version this build writes.
+pub const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// The version a database is at.
+pub fn version(connection: &Connection) -> rusqlite::Result<i64> {
+    connection.pragma_query_value(None, "user_version", |row| row.get(0))
+}
+
+/// Applies the missing migrations in one immediate transaction. Returns the
+/// version found, or an error naming a database from a newer xendisk.
+pub fn migrate(connection: &mut Connection) -> Result<i64, MigrateError> {
+    let transaction =
+        connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let found = version(&transaction)?;
+    if found > CURRENT_VERSION {
+        return Err(MigrateError::TooNew {
+            found,
+            supported: CURRENT_VERSION,
+        });
+    }
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        transaction.execute_batch(migration)?;
+        transaction.pragma_update(None, "user_version", index as i64 + 1)?;
+    }
+    transaction.commit()?;
+    Ok(found)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error(
+        "the state DB has schema version {found}, newer than this xendisk understands \
+         ({supported}); use a newer xendisk"
+    )]
+    TooNew { found: i64, supported: i64 },
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+}

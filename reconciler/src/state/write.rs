@@ -1,0 +1,609 @@
+//! Changing the state DB. Each public method is one `BEGIN IMMEDIATE`
+//! transaction: it reclaims expired vdisks, checks, changes, and commits, or
+//! changes nothing. Running one twice with the same arguments is harmless,
+//! so an interrupted apply can simply run it again.
+
+use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
+
+use super::alloc::{self, Run};
+use super::read::LIVE;
+use super::{DeviceGeometry, StateDb, StateError, expiry_instant, from_unix, to_unix};
+use crate::desired::{Expiry, Size};
+use crate::extent::DevNum;
+
+/// A write transaction with what every step needs to report errors.
+pub(super) struct Write<'a> {
+    pub(super) tx: Transaction<'a>,
+    label: &'a str,
+    pub(super) now: i64,
+}
+
+impl Write<'_> {
+    pub(super) fn error(
+        &self,
+        operation: &'static str,
+    ) -> impl Fn(rusqlite::Error) -> StateError + '_ {
+        move |source| StateError::Sqlite {
+            path: self.label.to_owned(),
+            operation,
+            source,
+        }
+    }
+
+    /// The extents of vdisks whose expiry has passed become free (and dirty);
+    /// the vdisks are marked deleted at their expiry time.
+    fn reclaim_expired(&self) -> Result<(), StateError> {
+        let expired = "deleted_at IS NULL AND expires_at IS NOT NULL AND expires_at <= ?1";
+        self.tx
+            .execute(
+                &format!(
+                    "UPDATE extents SET vdisk_id = NULL, position = NULL, dirty = 1
+                     WHERE vdisk_id IN (SELECT id FROM vdisks WHERE {expired})"
+                ),
+                params![self.now],
+            )
+            .map_err(self.error("reclaiming expired vdisks"))?;
+        self.tx
+            .execute(
+                &format!("UPDATE vdisks SET deleted_at = expires_at WHERE {expired}"),
+                params![self.now],
+            )
+            .map_err(self.error("reclaiming expired vdisks"))?;
+        Ok(())
+    }
+
+    /// `(id, extent sectors)` of a pool.
+    fn pool(&self, name: &str) -> Result<Option<(i64, u64)>, StateError> {
+        self.tx
+            .query_row(
+                "SELECT id, extent_sectors FROM pools WHERE name = ?1",
+                params![name],
+                |row| Ok((row.get(0)?, row.get::<_, i64>(1)? as u64)),
+            )
+            .optional()
+            .map_err(self.error("reading a pool"))
+    }
+
+    /// `(id, pool id, size in sectors, expiry)` of a live vdisk.
+    fn live_vdisk(&self, name: &str) -> Result<Option<(i64, i64, u64, String)>, StateError> {
+        self.tx
+            .query_row(
+                &format!("SELECT v.id, v.pool_id, v.size_sectors, v.expiry FROM vdisks v WHERE v.name = ?2 AND {LIVE}"),
+                params![self.now, name],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get::<_, i64>(2)? as u64, row.get(3)?)),
+            )
+            .optional()
+            .map_err(self.error("reading a vdisk"))
+    }
+
+    fn free_runs(&self, pool_id: i64) -> Result<Vec<Run>, StateError> {
+        let error = self.error("reading free extents");
+        let mut statement = self
+            .tx
+            .prepare(
+                "SELECT e.device_id, e.idx FROM extents e JOIN pool_devices d ON d.id = e.device_id
+                 WHERE d.pool_id = ?1 AND e.vdisk_id IS NULL ORDER BY e.device_id, e.idx",
+            )
+            .map_err(&error)?;
+        let extents = statement
+            .query_map(params![pool_id], |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)? as u64))
+            })
+            .map_err(&error)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(&error)?;
+        Ok(alloc::runs_of(extents))
+    }
+
+    /// Gives the pieces to a vdisk, numbering them from `position`. Fails
+    /// (and the transaction rolls back) if any extent is no longer free.
+    fn assign(&self, vdisk_id: i64, pieces: &[Run], mut position: u64) -> Result<(), StateError> {
+        let error = self.error("allocating extents");
+        let mut statement = self
+            .tx
+            .prepare(
+                "UPDATE extents SET vdisk_id = ?1, position = ?2 + (idx - ?3)
+                 WHERE device_id = ?4 AND idx >= ?3 AND idx < ?3 + ?5 AND vdisk_id IS NULL",
+            )
+            .map_err(&error)?;
+        for piece in pieces {
+            let changed = statement
+                .execute(params![
+                    vdisk_id,
+                    position as i64,
+                    piece.first as i64,
+                    piece.device,
+                    piece.len as i64
+                ])
+                .map_err(&error)?;
+            if changed as u64 != piece.len {
+                return Err(StateError::Inconsistent {
+                    path: self.label.to_owned(),
+                    problems: format!(
+                        "extents chosen as free on device row {} were taken",
+                        piece.device
+                    ),
+                });
+            }
+            position += piece.len;
+        }
+        Ok(())
+    }
+
+    /// Allocates `needed` extents to a vdisk that already has `have`.
+    fn allocate(
+        &self,
+        vdisk: (&str, i64),
+        pool: (&str, i64, u64),
+        have: u64,
+        needed: u64,
+    ) -> Result<(), StateError> {
+        let (name, vdisk_id) = vdisk;
+        let (pool_name, pool_id, extent_sectors) = pool;
+        let free = self.free_runs(pool_id)?;
+        let after = self.next_after_last(vdisk_id)?;
+        let Some(pieces) = alloc::choose(&free, needed, after) else {
+            let free_extents: u64 = free.iter().map(|r| r.len).sum();
+            return Err(StateError::PoolShort {
+                pool: pool_name.to_owned(),
+                vdisk: name.to_owned(),
+                needed: Size::from_sectors(needed * extent_sectors),
+                free: Size::from_sectors(free_extents * extent_sectors),
+            });
+        };
+        self.assign(vdisk_id, &pieces, have)
+    }
+
+    /// The extent right after a vdisk's last one, where a grow would
+    /// continue it.
+    fn next_after_last(&self, vdisk_id: i64) -> Result<Option<(i64, u64)>, StateError> {
+        self.tx
+            .query_row(
+                "SELECT device_id, idx + 1 FROM extents WHERE vdisk_id = ?1 ORDER BY position DESC LIMIT 1",
+                params![vdisk_id],
+                |row| Ok((row.get(0)?, row.get::<_, i64>(1)? as u64)),
+            )
+            .optional()
+            .map_err(self.error("reading a vdisk's last extent"))
+    }
+
+    fn vdisk_count_extents(&self, vdisk_id: i64) -> Result<u64, StateError> {
+        self.tx
+            .query_row(
+                "SELECT count(*) FROM extents WHERE vdisk_id = ?1",
+                params![vdisk_id],
+                |row| row.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .map_err(self.error("counting a vdisk's extents"))
+    }
+}
+
+impl StateDb {
+    pub(super) fn write<T>(
+        &mut self,
+        now: jiff::Timestamp,
+        operation: &'static str,
+        body: impl FnOnce(&Write<'_>) -> Result<T, StateError>,
+    ) -> Result<T, StateError> {
+        let StateDb { connection, label } = self;
+        let tx = connection
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|source| StateError::Sqlite {
+                path: label.clone(),
+                operation,
+                source,
+            })?;
+        let write = Write {
+            tx,
+            label,
+            now: to_unix(now),
+        };
+        write.reclaim_expired()?;
+        let value = body(&write)?;
+        write.tx.commit().map_err(|source| StateError::Sqlite {
+            path: label.clone(),
+            operation,
+            source,
+        })?;
+        Ok(value)
+    }
+
+    /// Adds a device to a pool (creating the pool), cut into
+    /// `floor(sectors / extent)` extents, all marked dirty: nothing is known
+    /// of what the device held before. Returns the number of extents; adding
+    /// the same device to the same pool again changes nothing.
+    pub fn add_pool_device(
+        &mut self,
+        pool: &str,
+        extent_size: Size,
+        device: &DeviceGeometry,
+        now: jiff::Timestamp,
+    ) -> Result<u64, StateError> {
+        self.write(now, "adding a pool device", |w| {
+            let extent_sectors = extent_size.sectors().max(1);
+            let pool_id = ensure_pool(w, pool, extent_sectors)?;
+            if let Some(extents) = existing_device(w, pool_id, device)? {
+                return Ok(extents);
+            }
+            let extents = device.sectors / extent_sectors;
+            if extents == 0 {
+                return Err(StateError::DeviceTooSmall {
+                    path: device.path.clone(),
+                    pool: pool.to_owned(),
+                    extent: extent_size,
+                });
+            }
+            let error = w.error("adding a pool device");
+            let (disk_major, disk_minor, disk_start) = match device.on_disk {
+                Some(place) => (Some(place.disk.major), Some(place.disk.minor), Some(place.start as i64)),
+                None => (None, None, None),
+            };
+            w.tx.execute(
+                "INSERT INTO pool_devices (pool_id, path, major, minor, sectors, disk_major, disk_minor, disk_start, added_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    pool_id,
+                    device.path,
+                    device.device.major,
+                    device.device.minor,
+                    device.sectors as i64,
+                    disk_major,
+                    disk_minor,
+                    disk_start,
+                    w.now
+                ],
+            )
+            .map_err(&error)?;
+            let device_id = w.tx.last_insert_rowid();
+            let mut insert = w.tx.prepare("INSERT INTO extents (device_id, idx, dirty) VALUES (?1, ?2, 1)").map_err(&error)?;
+            for idx in 0..extents {
+                insert.execute(params![device_id, idx as i64]).map_err(&error)?;
+            }
+            Ok(extents)
+        })
+    }
+
+    /// Removes a device from its pool; refused while a live vdisk holds any
+    /// of its extents. A pool left with no device and no vdisk goes too.
+    pub fn remove_pool_device(
+        &mut self,
+        path: &str,
+        now: jiff::Timestamp,
+    ) -> Result<(), StateError> {
+        self.write(now, "removing a pool device", |w| {
+            let error = w.error("removing a pool device");
+            let found: Option<(i64, i64)> =
+                w.tx.query_row(
+                    "SELECT id, pool_id FROM pool_devices WHERE path = ?1",
+                    params![path],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()
+                .map_err(&error)?;
+            let Some((device_id, pool_id)) = found else {
+                return Err(StateError::UnknownDevice(path.to_owned()));
+            };
+            let holders: Option<String> =
+                w.tx.query_row(
+                    "SELECT group_concat(name, ', ') FROM (SELECT DISTINCT v.name FROM extents e
+                     JOIN vdisks v ON v.id = e.vdisk_id WHERE e.device_id = ?1 ORDER BY v.name)",
+                    params![device_id],
+                    |row| row.get(0),
+                )
+                .map_err(&error)?;
+            if let Some(vdisks) = holders {
+                return Err(StateError::DeviceInUse {
+                    path: path.to_owned(),
+                    vdisks,
+                });
+            }
+            w.tx.execute(
+                "DELETE FROM extents WHERE device_id = ?1",
+                params![device_id],
+            )
+            .map_err(&error)?;
+            w.tx.execute("DELETE FROM pool_devices WHERE id = ?1", params![device_id])
+                .map_err(&error)?;
+            let pool_in_use: bool =
+                w.tx.query_row(
+                    &format!(
+                        "SELECT EXISTS (SELECT 1 FROM pool_devices WHERE pool_id = ?2)
+                         OR EXISTS (SELECT 1 FROM vdisks v WHERE v.pool_id = ?2 AND {LIVE})"
+                    ),
+                    params![w.now, pool_id],
+                    |row| row.get(0),
+                )
+                .map_err(&error)?;
+            if !pool_in_use {
+                w.tx.execute("DELETE FROM vdisks WHERE pool_id = ?1", params![pool_id])
+                    .map_err(&error)?;
+                w.tx.execute("DELETE FROM pools WHERE id = ?1", params![pool_id])
+                    .map_err(&error)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Creates a vdisk of `size` (rounded up to whole extents) from the
+    /// pool's free extents, fewest segments first. Creating the same vdisk
+    /// again (same pool and size) changes nothing.
+    pub fn create_vdisk(
+        &mut self,
+        name: &str,
+        pool: &str,
+        size: Size,
+        expiry: &Expiry,
+        now: jiff::Timestamp,
+    ) -> Result<(), StateError> {
+        self.write(now, "creating a vdisk", |w| {
+            let Some((pool_id, extent_sectors)) = w.pool(pool)? else {
+                return Err(StateError::UnknownPool(pool.to_owned()));
+            };
+            if let Some((_, existing_pool, existing_size, _)) = w.live_vdisk(name)? {
+                if existing_pool == pool_id && existing_size == size.sectors() {
+                    return Ok(());
+                }
+                return Err(StateError::VdiskExists {
+                    name: name.to_owned(),
+                    pool: pool_name(w, existing_pool)?,
+                    size: Size::from_sectors(existing_size),
+                });
+            }
+            let expires_at = expiry_instant(expiry, from_unix(w.now));
+            if let Some(at) = expires_at.filter(|at| to_unix(*at) <= w.now) {
+                return Err(StateError::ExpiryPast {
+                    name: name.to_owned(),
+                    expiry: *expiry,
+                    at,
+                });
+            }
+            let error = w.error("creating a vdisk");
+            w.tx.execute(
+                "INSERT INTO vdisks (name, pool_id, size_sectors, expiry, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    name,
+                    pool_id,
+                    size.sectors() as i64,
+                    expiry.to_string(),
+                    w.now,
+                    expires_at.map(to_unix)
+                ],
+            )
+            .map_err(&error)?;
+            let vdisk_id = w.tx.last_insert_rowid();
+            let needed = size.sectors().div_ceil(extent_sectors);
+            w.allocate((name, vdisk_id), (pool, pool_id, extent_sectors), 0, needed)
+        })
+    }
+
+    /// Grows a vdisk to `size`, appending extents (continuing its last run
+    /// where the next extents are free). Shrinking is refused: it would
+    /// destroy data.
+    pub fn grow_vdisk(
+        &mut self,
+        name: &str,
+        size: Size,
+        now: jiff::Timestamp,
+    ) -> Result<(), StateError> {
+        self.write(now, "growing a vdisk", |w| {
+            let Some((vdisk_id, pool_id, current, _)) = w.live_vdisk(name)? else {
+                return Err(StateError::UnknownVdisk(name.to_owned()));
+            };
+            if size.sectors() < current {
+                return Err(StateError::Shrink {
+                    name: name.to_owned(),
+                    current: Size::from_sectors(current),
+                    requested: size,
+                });
+            }
+            let pool = pool_name(w, pool_id)?;
+            let Some((_, extent_sectors)) = w.pool(&pool)? else {
+                return Err(StateError::UnknownPool(pool));
+            };
+            let have = w.vdisk_count_extents(vdisk_id)?;
+            let needed = size.sectors().div_ceil(extent_sectors).saturating_sub(have);
+            if needed > 0 {
+                w.allocate(
+                    (name, vdisk_id),
+                    (&pool, pool_id, extent_sectors),
+                    have,
+                    needed,
+                )?;
+            }
+            w.tx.execute(
+                "UPDATE vdisks SET size_sectors = ?1 WHERE id = ?2",
+                params![size.sectors() as i64, vdisk_id],
+            )
+            .map_err(w.error("growing a vdisk"))?;
+            Ok(())
+        })
+    }
+
+    /// Sets a live vdisk's expiry; a duration counts from its creation.
+    /// Refused once it has expired, as the ancestor documented.
+    pub fn set_expiry(
+        &mut self,
+        name: &str,
+        expiry: &Expiry,
+        now: jiff::Timestamp,
+    ) -> Result<(), StateError> {
+        self.write(now, "setting an expiry", |w| {
+            let Some((vdisk_id, _, _, _)) = w.live_vdisk(name)? else {
+                return Err(expired_or_unknown(w, name)?);
+            };
+            let created: i64 =
+                w.tx.query_row(
+                    "SELECT created_at FROM vdisks WHERE id = ?1",
+                    params![vdisk_id],
+                    |row| row.get(0),
+                )
+                .map_err(w.error("setting an expiry"))?;
+            let expires_at = expiry_instant(expiry, from_unix(created));
+            if let Some(at) = expires_at.filter(|at| to_unix(*at) <= w.now) {
+                return Err(StateError::ExpiryPast {
+                    name: name.to_owned(),
+                    expiry: *expiry,
+                    at,
+                });
+            }
+            w.tx.execute(
+                "UPDATE vdisks SET expiry = ?1, expires_at = ?2 WHERE id = ?3",
+                params![expiry.to_string(), expires_at.map(to_unix), vdisk_id],
+            )
+            .map_err(w.error("setting an expiry"))?;
+            Ok(())
+        })
+    }
+
+    /// Deletes a vdisk: its extents become free and dirty. Returns how many
+    /// extents were released.
+    pub fn delete_vdisk(&mut self, name: &str, now: jiff::Timestamp) -> Result<u64, StateError> {
+        self.write(now, "deleting a vdisk", |w| {
+            let Some((vdisk_id, _, _, _)) = w.live_vdisk(name)? else {
+                return Err(StateError::UnknownVdisk(name.to_owned()));
+            };
+            let error = w.error("deleting a vdisk");
+            let released = w
+                .tx
+                .execute("UPDATE extents SET vdisk_id = NULL, position = NULL, dirty = 1 WHERE vdisk_id = ?1", params![vdisk_id])
+                .map_err(&error)?;
+            w.tx.execute("UPDATE vdisks SET deleted_at = ?1 WHERE id = ?2", params![w.now, vdisk_id]).map_err(&error)?;
+            Ok(released as u64)
+        })
+    }
+
+    /// Records that the extents of a pool device from `first` on, `count` of
+    /// them, were zeroed.
+    pub fn mark_scrubbed(
+        &mut self,
+        device: DevNum,
+        first: u64,
+        count: u64,
+        now: jiff::Timestamp,
+    ) -> Result<(), StateError> {
+        self.write(now, "recording a scrub", |w| {
+            w.tx.execute(
+                "UPDATE extents SET dirty = 0 WHERE idx >= ?3 AND idx < ?3 + ?4
+                 AND device_id = (SELECT id FROM pool_devices WHERE major = ?1 AND minor = ?2)",
+                params![device.major, device.minor, first as i64, count as i64],
+            )
+            .map_err(w.error("recording a scrub"))?;
+            Ok(())
+        })
+    }
+}
+
+fn pool_name(w: &Write<'_>, pool_id: i64) -> Result<String, StateError> {
+    w.tx.query_row(
+        "SELECT name FROM pools WHERE id = ?1",
+        params![pool_id],
+        |row| row.get(0),
+    )
+    .map_err(w.error("reading a pool"))
+}
+
+/// The pool's id, creating it with this extent size if needed.
+fn ensure_pool(w: &Write<'_>, pool: &str, extent_sectors: u64) -> Result<i64, StateError> {
+    let error = w.error("creating a pool");
+    match w.pool(pool)? {
+        None => {
+            w.tx.execute(
+                "INSERT INTO pools (name, extent_sectors) VALUES (?1, ?2)",
+                params![pool, extent_sectors as i64],
+            )
+            .map_err(&error)?;
+            Ok(w.tx.last_insert_rowid())
+        }
+        Some((id, existing)) if existing == extent_sectors => Ok(id),
+        Some((id, existing)) => {
+            let has_devices: bool =
+                w.tx.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM pool_devices WHERE pool_id = ?1)",
+                    params![id],
+                    |row| row.get(0),
+                )
+                .map_err(&error)?;
+            if has_devices {
+                return Err(StateError::ExtentSizeMismatch {
+                    pool: pool.to_owned(),
+                    existing: Size::from_sectors(existing),
+                    requested: Size::from_sectors(extent_sectors),
+                });
+            }
+            w.tx.execute(
+                "UPDATE pools SET extent_sectors = ?1 WHERE id = ?2",
+                params![extent_sectors as i64, id],
+            )
+            .map_err(&error)?;
+            Ok(id)
+        }
+    }
+}
+
+/// If the device is already recorded: its extent count when it is the same
+/// device in the same pool, an error when it is elsewhere or has changed.
+fn existing_device(
+    w: &Write<'_>,
+    pool_id: i64,
+    device: &DeviceGeometry,
+) -> Result<Option<u64>, StateError> {
+    let found: Option<(i64, String, u32, u32)> = w
+        .tx
+        .query_row(
+            "SELECT pool_id, path, major, minor FROM pool_devices WHERE path = ?1 OR (major = ?2 AND minor = ?3)",
+            params![device.path, device.device.major, device.device.minor],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+        )
+        .optional()
+        .map_err(w.error("reading pool devices"))?;
+    let Some((found_pool, path, major, minor)) = found else {
+        return Ok(None);
+    };
+    let recorded = DevNum::new(major, minor);
+    if found_pool != pool_id {
+        return Err(StateError::DeviceInOtherPool {
+            path,
+            device: recorded,
+            pool: pool_name(w, found_pool)?,
+        });
+    }
+    if path != device.path || recorded != device.device {
+        return Err(StateError::DeviceChanged {
+            path: device.path.clone(),
+            recorded: format!("{path} ({recorded})"),
+            given: format!("{} ({})", device.path, device.device),
+        });
+    }
+    let extents: i64 = w
+        .tx
+        .query_row(
+            "SELECT count(*) FROM extents e JOIN pool_devices d ON d.id = e.device_id WHERE d.path = ?1",
+            params![device.path],
+            |row| row.get(0),
+        )
+        .map_err(w.error("reading pool devices"))?;
+    Ok(Some(extents as u64))
+}
+
+/// The error for a vdisk that is not live: expired (when it was), or unknown.
+fn expired_or_unknown(w: &Write<'_>, name: &str) -> Result<StateError, StateError> {
+    let expired_at: Option<i64> = w
+        .tx
+        .query_row(
+            "SELECT expires_at FROM vdisks WHERE name = ?1 AND deleted_at IS NOT NULL AND deleted_at = expires_at
+             ORDER BY id DESC LIMIT 1",
+            params![name],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(w.error("reading a vdisk"))?;
+    Ok(match expired_at {
+        Some(at) => StateError::Expired {
+            name: name.to_owned(),
+            at: from_unix(at),
+        },
+        None => StateError::UnknownVdisk(name.to_owned()),
+    })
+}
