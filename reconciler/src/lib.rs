@@ -27,6 +27,7 @@ pub mod desired;
 pub mod diagnostic;
 pub mod extent;
 pub mod ops;
+pub mod render;
 pub mod schema;
 pub mod state;
 pub mod vdev;

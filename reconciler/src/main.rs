@@ -5,13 +5,18 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use xendisk::ops::{self, Console, Exit};
+use xendisk::state;
 
 /// Declarative reconciler for the disk state of a Xen host (dom0).
 #[derive(Debug, Parser)]
 #[command(name = "xendisk", version, about)]
 struct Cli {
+    /// The state DB [env: XENDISK_STATE] [default: /var/lib/xendisk/state.sqlite]
+    #[arg(long, global = true, value_name = "PATH")]
+    state: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -35,28 +40,84 @@ enum Command {
     },
     /// Print the JSON Schema of desired-state files.
     Schema,
+    /// Show the pools, pool devices and vdisks recorded in the state DB.
+    State {
+        /// Print JSON, with every vdisk's extents in order.
+        #[arg(long)]
+        json: bool,
+        /// Also verify the DB: SQLite's integrity check and xendisk's invariants.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Adopt the database of Xen 1.2's virtual-disk manager into a new state DB.
+    Import {
+        /// The ancestor's xen_vdisks.sqlite (SQLite 3) or the text of `sqlite OLD .dump`.
+        #[arg(long, value_name = "PATH")]
+        legacy: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    let (mut stdout, mut stderr) = (std::io::stdout().lock(), std::io::stderr().lock());
-    let mut console = Console {
-        out: &mut stdout,
-        err: &mut stderr,
-        colour,
+    let outcome = {
+        let (mut stdout, mut stderr) = (std::io::stdout().lock(), std::io::stderr().lock());
+        let mut console = Console {
+            out: &mut stdout,
+            err: &mut stderr,
+            colour,
+        };
+        run(cli, &mut console)
     };
-    let result = match cli.command {
-        Command::Validate { files } => ops::validate(&ops::ValidateOptions { files }, &mut console),
-        Command::Vdev { names, json } => ops::vdev(&ops::VdevOptions { names, json }, &mut console),
-        Command::Schema => ops::schema(&mut console),
-    };
-    match result {
+    match outcome {
         Ok(exit) => ExitCode::from(exit as u8),
-        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error}");
+            eprintln!("error: {error:#}");
             ExitCode::from(Exit::Error as u8)
         }
     }
+}
+
+fn run(cli: Cli, console: &mut Console<'_>) -> anyhow::Result<Exit> {
+    let state = state::resolve_path(cli.state);
+    Ok(match cli.command {
+        Command::Validate { files } => ops::validate(&ops::ValidateOptions { files }, console)?,
+        Command::Vdev { names, json } => ops::vdev(&ops::VdevOptions { names, json }, console)?,
+        Command::Schema => ops::schema(console)?,
+        Command::State { json, check } => ops::state(
+            &ops::StateOptions {
+                state,
+                json,
+                check,
+                now: now()?,
+            },
+            console,
+        )?,
+        Command::Import { legacy } => ops::import(
+            &ops::ImportOptions {
+                state,
+                legacy,
+                now: now()?,
+            },
+            console,
+        )?,
+    })
+}
+
+/// The current time, or `XENDISK_NOW` (RFC 3339) so that tests and audits
+/// can evaluate expiries at a chosen instant.
+fn now() -> anyhow::Result<jiff::Timestamp> {
+    match std::env::var("XENDISK_NOW") {
+        Ok(text) => text
+            .parse()
+            .with_context(|| format!("XENDISK_NOW={text:?} is not an RFC 3339 time")),
+        Err(_) => Ok(jiff::Timestamp::now()),
+    }
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<std::io::Error>()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
 }

@@ -9,6 +9,8 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::desired::{self, Capacities, LoadError};
+use crate::render;
+use crate::state::{self, StateDb};
 use crate::vdev::{Vdev, VdevKind};
 
 /// What a command tells the shell.
@@ -146,5 +148,73 @@ pub fn schema(console: &mut Console<'_>) -> io::Result<Exit> {
     console
         .out
         .write_all(crate::schema::desired_state_schema().as_bytes())?;
+    Ok(Exit::Success)
+}
+
+/// `xendisk state`
+#[derive(Debug, Clone)]
+pub struct StateOptions {
+    pub state: PathBuf,
+    pub json: bool,
+    /// Also run the integrity check and the invariants.
+    pub check: bool,
+    pub now: jiff::Timestamp,
+}
+
+/// Prints the state DB; with `check`, verifies it and fails on any problem.
+pub fn state(options: &StateOptions, console: &mut Console<'_>) -> anyhow::Result<Exit> {
+    let db = StateDb::open_read_only(&options.state)?;
+    let snapshot = db.snapshot(options.now)?;
+    if options.json {
+        render::state_json(&snapshot, console.out)?;
+    } else {
+        render::state_text(&snapshot, console.out)?;
+    }
+    if options.check {
+        let problems = db.verify(options.now)?;
+        for problem in &problems {
+            writeln!(console.err, "error: {}: {problem}", db.label())?;
+        }
+        if !problems.is_empty() {
+            return Ok(Exit::Error);
+        }
+        writeln!(console.err, "{}: consistent", db.label())?;
+    }
+    Ok(Exit::Success)
+}
+
+/// `xendisk import --legacy PATH`
+#[derive(Debug, Clone)]
+pub struct ImportOptions {
+    pub state: PathBuf,
+    pub legacy: PathBuf,
+    pub now: jiff::Timestamp,
+}
+
+/// Adopts the ancestor's database into a new, empty state DB.
+pub fn import(options: &ImportOptions, console: &mut Console<'_>) -> anyhow::Result<Exit> {
+    // The legacy file is read and checked before the state DB is touched.
+    let legacy = state::read_legacy(&options.legacy, options.now)?;
+    let mut db = StateDb::open(&options.state)?;
+    let report = state::import_legacy(&mut db, &legacy, options.now)?;
+    for (name, extent_size, devices) in &report.pools {
+        writeln!(
+            console.out,
+            "+ pool {name} (extents of {extent_size}): {}",
+            devices.join(", ")
+        )?;
+    }
+    for vdisk in &report.vdisks {
+        writeln!(console.out, "+ vdisk {vdisk}")?;
+    }
+    writeln!(
+        console.out,
+        "Imported {} into {}: {}, {}, {} free (to be scrubbed before reuse).",
+        options.legacy.display(),
+        db.label(),
+        count(report.pools.len(), "pool"),
+        count(report.vdisks.len(), "live vdisk"),
+        count(report.free_extents as usize, "extent"),
+    )?;
     Ok(Exit::Success)
 }

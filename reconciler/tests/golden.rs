@@ -1,8 +1,12 @@
 //! Golden tests: every folder under `tests/golden/` is one case.
 //!
-//! A case holds `cmd` (the arguments to `xendisk`, one line, shell quoting),
-//! its input files, and the expected `stdout`, `stderr` and `exit-code`. The
-//! command runs with the case folder as working directory and no colour.
+//! A case holds `cmd` (the arguments to `xendisk`, shell quoting, one command
+//! a line), its input files, and the expected `stdout`, `stderr` and
+//! `exit-code`. The commands run in order, in a scratch copy of the case
+//! folder (so a state DB they write never lands in the tree), with no colour
+//! and the clock at `GOLDEN_NOW`. `$REPO` in `cmd` stands for the repository
+//! root, and the root is written back as `$REPO` in the outputs. With several commands, each one's output is
+//! headed by `$ xendisk ARGS` and `exit-code` has a line per command.
 //! A mismatch prints a unified diff; `XENDISK_BLESS=1 cargo test --test golden`
 //! rewrites the expected files after a deliberate change.
 
@@ -13,6 +17,7 @@ use std::process::Command;
 use similar::TextDiff;
 
 const BLESS_VARIABLE: &str = "XENDISK_BLESS";
+const GOLDEN_NOW: &str = "2026-06-01T00:00:00Z";
 
 fn golden_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden")
@@ -26,23 +31,60 @@ struct Outcome {
 
 fn run_case(dir: &Path) -> Outcome {
     let cmd = fs::read_to_string(dir.join("cmd")).expect("every case has a cmd file");
-    let args = shell_words::split(cmd.trim()).expect("cmd is shell-quoted");
-    let output = Command::new(env!("CARGO_BIN_EXE_xendisk"))
-        .args(&args)
-        .current_dir(dir)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("NO_COLOR", "1")
-        .env("TZ", "UTC")
-        .output()
-        .expect("xendisk runs");
-    Outcome {
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        exit_code: match output.status.code() {
+    let commands: Vec<&str> = cmd.lines().filter(|l| !l.trim().is_empty()).collect();
+    let scratch = tempfile::tempdir().expect("a scratch directory");
+    copy_dir(dir, scratch.path());
+    let mut outcome = Outcome {
+        stdout: String::new(),
+        stderr: String::new(),
+        exit_code: String::new(),
+    };
+    let repo = fs::canonicalize(Path::new(env!("CARGO_MANIFEST_DIR")).join("..")).unwrap();
+    let repo = repo.to_string_lossy();
+    for line in &commands {
+        let args = shell_words::split(&line.replace("$REPO", &repo)).expect("cmd is shell-quoted");
+        let output = Command::new(env!("CARGO_BIN_EXE_xendisk"))
+            .args(&args)
+            .current_dir(scratch.path())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("NO_COLOR", "1")
+            .env("TZ", "UTC")
+            .env("XENDISK_NOW", GOLDEN_NOW)
+            .output()
+            .expect("xendisk runs");
+        if commands.len() > 1 {
+            outcome.stdout.push_str(&format!("$ xendisk {line}\n"));
+            outcome.stderr.push_str(&format!("$ xendisk {line}\n"));
+        }
+        outcome
+            .stdout
+            .push_str(&String::from_utf8_lossy(&output.stdout).replace(&*repo, "$REPO"));
+        outcome
+            .stderr
+            .push_str(&String::from_utf8_lossy(&output.stderr).replace(&*repo, "$REPO"));
+        outcome.exit_code.push_str(&match output.status.code() {
             Some(code) => format!("{code}\n"),
             None => "killed by a signal\n".to_owned(),
-        },
+        });
+    }
+    outcome
+}
+
+/// The case's inputs, without the expected outputs.
+fn copy_dir(from: &Path, to: &Path) {
+    for entry in fs::read_dir(from).expect("case folder is readable") {
+        let path = entry.expect("readable entry").path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            fs::create_dir_all(&target).unwrap();
+            copy_dir(&path, &target);
+        } else if !["stdout", "stderr", "exit-code"]
+            .iter()
+            .any(|f| path.ends_with(f))
+        {
+            fs::copy(&path, &target).expect("input is copyable");
+        }
     }
 }
 

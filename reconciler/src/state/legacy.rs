@@ -35,9 +35,18 @@ pub enum LegacyError {
     Sqlite2 { path: String },
     #[error("{path} is neither an SQLite 3 database nor the text of `sqlite .dump`: {detail}")]
     NotADatabase { path: String, detail: String },
-    #[error("{path} does not have the ancestor's schema: {detail}")]
+    #[error(
+        "{path} does not have the ancestor's schema ({detail}); expected the tables \
+         vdisks(vdisk_id, size, expires, expiry_time), \
+         vdisk_extents(vdisk_extent_no, vdisk_id, part_id, part_extent_no) and \
+         vdisk_part(part_id, partition, extent_size)"
+    )]
     UnknownSchema { path: String, detail: String },
-    #[error("{path} is inconsistent, nothing was imported:\n  {}", problems.join("\n  "))]
+    #[error(
+        "{path} is inconsistent, nothing was imported:\n  {}\nrepair these rows in a copy of the \
+         legacy file and import the copy",
+        problems.join("\n  ")
+    )]
     Invalid { path: String, problems: Vec<String> },
     #[error(transparent)]
     State(#[from] StateError),
@@ -73,23 +82,44 @@ struct LegacyExtent {
     index: u64,
 }
 
-/// Imports the ancestor's database at `path` into an empty state DB.
-pub fn import_legacy(
-    target: &mut StateDb,
-    path: &Path,
-    now: jiff::Timestamp,
-) -> Result<ImportReport, LegacyError> {
+/// The ancestor's database, read and checked, ready to import.
+pub struct LegacyDb {
+    partitions: BTreeMap<i64, Partition>,
+    vdisks: BTreeMap<i64, LegacyVdisk>,
+    extents: Vec<LegacyExtent>,
+}
+
+/// Reads and checks the ancestor's database at `path`; which vdisks are
+/// live is decided at `now`, as its `vd_lookup` would.
+pub fn read_legacy(path: &Path, now: jiff::Timestamp) -> Result<LegacyDb, LegacyError> {
     let name = path.display().to_string();
-    if !target.is_empty()? {
-        return Err(StateError::NotEmpty {
-            path: target.label().to_owned(),
-        }
-        .into());
-    }
     let legacy = open_legacy(path, &name)?;
     let (partitions, vdisks, extents) = read_tables(&legacy, &name, now)?;
     check(&name, &partitions, &vdisks, &extents)?;
-    write(target, &partitions, &vdisks, &extents, now)
+    Ok(LegacyDb {
+        partitions,
+        vdisks,
+        extents,
+    })
+}
+
+/// Imports a legacy database into an empty state DB, in one transaction.
+pub fn import_legacy(
+    target: &mut StateDb,
+    legacy: &LegacyDb,
+    now: jiff::Timestamp,
+) -> Result<ImportReport, LegacyError> {
+    if !target.is_empty()? {
+        let path = target.label().to_owned();
+        return Err(StateError::NotEmpty { path }.into());
+    }
+    write(
+        target,
+        &legacy.partitions,
+        &legacy.vdisks,
+        &legacy.extents,
+        now,
+    )
 }
 
 fn open_legacy(path: &Path, name: &str) -> Result<Connection, LegacyError> {
@@ -140,15 +170,14 @@ fn read_tables(
             .prepare(sql)
             .map_err(|e| schema_error(format!("table {table}: {e}")))?;
         let columns = statement.column_count();
-        let rows = statement
+        let collected: rusqlite::Result<Vec<Vec<Value>>> = statement
             .query_map([], |row| {
                 (0..columns)
                     .map(|i| row.get::<_, Value>(i))
                     .collect::<Result<Vec<_>, _>>()
             })
-            .and_then(Iterator::collect)
-            .map_err(|e| schema_error(format!("table {table}: {e}")));
-        rows
+            .and_then(Iterator::collect);
+        collected.map_err(|e| schema_error(format!("table {table}: {e}")))
     };
 
     let mut partitions = BTreeMap::new();
@@ -318,7 +347,9 @@ fn check(
                 extent.index, partition.path, extent.part, extent.vdisk
             ));
         }
-        if !orders.insert((extent.vdisk, extent.order)) {
+        // Order matters only where a vdisk keeps its extents.
+        let live = vdisks.get(&extent.vdisk).is_some_and(|v| v.live);
+        if live && !orders.insert((extent.vdisk, extent.order)) {
             problems.push(format!(
                 "vdisk {} has two extents numbered {}",
                 extent.vdisk, extent.order

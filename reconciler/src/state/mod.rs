@@ -30,7 +30,7 @@ use serde::Serialize;
 use crate::desired::{Expiry, Size};
 use crate::extent::{DevNum, SectorRange};
 
-pub use legacy::{ImportReport, LegacyError, import_legacy};
+pub use legacy::{ImportReport, LegacyDb, LegacyError, import_legacy, read_legacy};
 pub use schema::CURRENT_VERSION;
 
 /// Where the state DB lives unless `--state` or `XENDISK_STATE` says otherwise.

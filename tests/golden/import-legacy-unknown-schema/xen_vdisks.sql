@@ -1,0 +1,2 @@
+CREATE TABLE vdisks (id INT, size INT);
+INSERT INTO vdisks VALUES (1, 2048);
