@@ -82,7 +82,14 @@ fn main() -> ExitCode {
 fn run(cli: Cli, console: &mut Console<'_>) -> anyhow::Result<Exit> {
     let state = state::resolve_path(cli.state);
     Ok(match cli.command {
-        Command::Validate { files } => ops::validate(&ops::ValidateOptions { files }, console)?,
+        Command::Validate { files } => ops::validate(
+            &ops::ValidateOptions {
+                files,
+                state,
+                now: now()?,
+            },
+            console,
+        )?,
         Command::Vdev { names, json } => ops::vdev(&ops::VdevOptions { names, json }, console)?,
         Command::Schema => ops::schema(console)?,
         Command::State { json, check } => ops::state(

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::desired::{self, Capacities, LoadError};
+use crate::desired::{self, Capacities, LoadError, Size};
 use crate::render;
 use crate::state::{self, StateDb};
 use crate::vdev::{Vdev, VdevKind};
@@ -37,13 +37,24 @@ pub struct Console<'a> {
 #[derive(Debug, Clone)]
 pub struct ValidateOptions {
     pub files: Vec<PathBuf>,
+    /// The state DB, whose recorded pool devices give capacities to check
+    /// vdisk sizes against; a missing DB knows none.
+    pub state: PathBuf,
+    pub now: jiff::Timestamp,
 }
 
 /// Validates each file and reports every problem of every file.
-pub fn validate(options: &ValidateOptions, console: &mut Console<'_>) -> io::Result<Exit> {
+pub fn validate(options: &ValidateOptions, console: &mut Console<'_>) -> anyhow::Result<Exit> {
+    let snapshot = StateDb::open_read_only(&options.state)?.snapshot(options.now)?;
+    let capacities: Capacities = snapshot
+        .pools
+        .iter()
+        .flat_map(|pool| &pool.devices)
+        .map(|device| (device.path.clone(), Size::from_sectors(device.sectors)))
+        .collect();
     let mut exit = Exit::Success;
     for file in &options.files {
-        match desired::load(file, &Capacities::new()) {
+        match desired::load(file, &capacities) {
             Ok(desired) => {
                 let attachments: usize = desired.domains.values().map(|d| d.disks.len()).sum();
                 writeln!(

@@ -27,8 +27,9 @@ pub struct Finding {
     pub notes: Vec<String>,
 }
 
-/// Pool capacities the caller knows (from the state DB or the host), by pool
-/// name. Pools not listed are not checked for capacity.
+/// Sizes of devices the caller knows (from the state DB or the host), by
+/// path. A pool's capacity is known when the sizes of all its devices are;
+/// otherwise its vdisks are not checked against it.
 pub type Capacities = BTreeMap<String, Size>;
 
 /// Runs every check and returns all findings, in no particular order.
@@ -179,15 +180,28 @@ fn check_vdisks(
             }
             continue;
         };
-        check_size(name, vdisk, pool, capacities.get(&vdisk.pool), findings);
+        check_size(name, vdisk, pool, pool_capacity(pool, capacities), findings);
     }
+}
+
+/// Whole extents on all the pool's devices, if every device's size is known.
+fn pool_capacity(pool: &Pool, capacities: &Capacities) -> Option<Size> {
+    let extent = pool.extent_size.sectors().max(1);
+    let mut sectors = 0u64;
+    for device in &pool.devices {
+        let size = capacities
+            .get(device)
+            .or_else(|| capacities.get(&normalise_path(device)))?;
+        sectors = sectors.saturating_add(size.sectors() / extent * extent);
+    }
+    Some(Size::from_sectors(sectors))
 }
 
 fn check_size(
     name: &str,
     vdisk: &Vdisk,
     pool: &Pool,
-    capacity: Option<&Size>,
+    capacity: Option<Size>,
     findings: &mut Findings,
 ) {
     let at = || path(&["vdisks", name, "size"]);
@@ -200,7 +214,9 @@ fn check_size(
         );
         return;
     }
-    let Some(capacity) = capacity else { return };
+    let Some(capacity) = capacity else {
+        return;
+    };
     let extent = pool.extent_size.sectors().max(1);
     let needed = vdisk.size.sectors().div_ceil(extent).saturating_mul(extent);
     if needed > capacity.sectors() {
