@@ -29,5 +29,7 @@ pub mod extent;
 pub mod ops;
 pub mod render;
 pub mod schema;
+pub mod sim;
 pub mod state;
 pub mod vdev;
+pub mod xs_wire;

@@ -4,6 +4,7 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -48,6 +49,30 @@ enum Command {
         /// Also verify the DB: SQLite's integrity check and xendisk's invariants.
         #[arg(long)]
         check: bool,
+    },
+    /// Serve a simulated xenstored on a unix socket, for trying xendisk without Xen.
+    Sim {
+        /// Where to listen; clients find it through XENSTORED_PATH.
+        #[arg(long, value_name = "PATH")]
+        socket: PathBuf,
+        /// A `xenstore-ls` or `xenstore-ls -f` dump to start from.
+        #[arg(long, value_name = "DUMP")]
+        seed: Option<PathBuf>,
+        /// How long simulated guests take to close a frontend, in milliseconds.
+        #[arg(long, value_name = "MS", default_value_t = 100)]
+        close_delay: u64,
+        /// Domain ids whose guests never release their disks.
+        #[arg(long, value_name = "DOMID")]
+        never_close: Vec<u32>,
+        /// Drop each connection after this many requests.
+        #[arg(long, value_name = "N")]
+        drop_after: Option<u64>,
+        /// Fail the Nth transaction commit with EAGAIN (repeatable).
+        #[arg(long, value_name = "N")]
+        eagain_on_commit: Vec<u64>,
+        /// Delay every reply by this many milliseconds.
+        #[arg(long, value_name = "MS", default_value_t = 0)]
+        reply_delay: u64,
     },
     /// Adopt the database of Xen 1.2's virtual-disk manager into a new state DB.
     Import {
@@ -101,6 +126,30 @@ fn run(cli: Cli, console: &mut Console<'_>) -> anyhow::Result<Exit> {
             },
             console,
         )?,
+        Command::Sim {
+            socket,
+            seed,
+            close_delay,
+            never_close,
+            drop_after,
+            eagain_on_commit,
+            reply_delay,
+        } => {
+            let options = ops::SimOptions {
+                socket,
+                seed,
+                guests: xendisk::sim::GuestPolicy {
+                    close_delay: Duration::from_millis(close_delay),
+                    never_close: never_close.into_iter().collect(),
+                },
+                faults: xendisk::sim::Faults {
+                    drop_after_requests: drop_after,
+                    eagain_commits: eagain_on_commit.into_iter().collect(),
+                    reply_delay: Duration::from_millis(reply_delay),
+                },
+            };
+            ops::sim(&options, console)?
+        }
         Command::Import { legacy } => ops::import(
             &ops::ImportOptions {
                 state,

@@ -9,7 +9,10 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::desired::{self, Capacities, LoadError, Size};
+use anyhow::Context;
+
 use crate::render;
+use crate::sim;
 use crate::state::{self, StateDb};
 use crate::vdev::{Vdev, VdevKind};
 
@@ -227,5 +230,39 @@ pub fn import(options: &ImportOptions, console: &mut Console<'_>) -> anyhow::Res
         count(report.vdisks.len(), "live vdisk"),
         count(report.free_extents as usize, "extent"),
     )?;
+    Ok(Exit::Success)
+}
+
+/// `xendisk sim`
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    pub socket: PathBuf,
+    pub seed: Option<PathBuf>,
+    pub guests: sim::GuestPolicy,
+    pub faults: sim::Faults,
+}
+
+/// Serves a simulated xenstored until killed.
+pub fn sim(options: &SimOptions, console: &mut Console<'_>) -> anyhow::Result<Exit> {
+    let store = match &options.seed {
+        None => sim::Store::default(),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the seed dump {}", path.display()))?;
+            sim::dump::parse(&text).with_context(|| format!("seed dump {}", path.display()))?
+        }
+    };
+    let simulator = sim::Simulator::start(
+        &options.socket,
+        store,
+        options.guests.clone(),
+        options.faults.clone(),
+    )?;
+    writeln!(
+        console.err,
+        "Simulated xenstored listening on {0}; point clients at it with XENSTORED_PATH={0}",
+        options.socket.display()
+    )?;
+    simulator.wait()?;
     Ok(Exit::Success)
 }

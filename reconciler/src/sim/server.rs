@@ -1,0 +1,623 @@
+//! The simulator's server side: one thread per client connection reading
+//! requests, one writing replies and watch events, and a shared state under
+//! one lock (the store, open transactions, watches).
+//!
+//! Transactions copy the store when they start (cheap: it is persistent) and
+//! commit only if no other commit happened meanwhile, else `EAGAIN`: the
+//! rule xen's docs/misc/xenstore.txt states. Watch events fire on commit.
+
+use std::collections::HashMap;
+use std::io::{self, BufReader, BufWriter, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::store::{Errno, Store, elements};
+use super::{Faults, GuestPolicy};
+use crate::xs_wire::{Message, MessageType, PAYLOAD_MAX, nul_terminated};
+
+/// XenbusState values the simulated guests and backends use.
+const CLOSING: &[u8] = b"5";
+const CLOSED: &[u8] = b"6";
+
+pub(super) struct Shared {
+    state: Mutex<State>,
+    guests: GuestPolicy,
+    faults: Faults,
+    next_connection: AtomicU64,
+    pub(super) stopping: AtomicBool,
+}
+
+struct State {
+    store: Store,
+    /// Bumped by every commit; a transaction that saw another value fails.
+    generation: u64,
+    next_transaction: u32,
+    transactions: HashMap<u32, Transaction>,
+    watches: Vec<Watch>,
+    commits: u64,
+    outboxes: HashMap<u64, Sender<Message>>,
+}
+
+struct Transaction {
+    connection: u64,
+    store: Store,
+    start_generation: u64,
+    changes: Vec<Change>,
+}
+
+struct Watch {
+    connection: u64,
+    path: String,
+    token: Vec<u8>,
+}
+
+/// A committed modification, for watches and simulated guests.
+#[derive(Debug, Clone)]
+struct Change {
+    path: String,
+    removed: bool,
+}
+
+impl Shared {
+    pub(super) fn new(store: Store, guests: GuestPolicy, faults: Faults) -> Shared {
+        Shared {
+            state: Mutex::new(State {
+                store,
+                generation: 1,
+                next_transaction: 1,
+                transactions: HashMap::new(),
+                watches: Vec::new(),
+                commits: 0,
+                outboxes: HashMap::new(),
+            }),
+            guests,
+            faults,
+            next_connection: AtomicU64::new(1),
+            stopping: AtomicBool::new(false),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic in another connection's thread must not stop the others.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(super) fn store(&self) -> Store {
+        self.lock().store.clone()
+    }
+
+    /// Serves one client until it disconnects (or a fault drops it).
+    pub(super) fn serve(self: &Arc<Shared>, stream: UnixStream) {
+        let connection = self.next_connection.fetch_add(1, Ordering::Relaxed);
+        let (outbox, replies) = mpsc::channel::<Message>();
+        let Ok(write_half) = stream.try_clone() else {
+            return;
+        };
+        let writer = std::thread::spawn(move || {
+            let mut out = BufWriter::new(write_half);
+            while let Ok(message) = replies.recv() {
+                if message.write_to(&mut out).is_err() {
+                    break;
+                }
+                // Flush once the queue is drained, so bursts go out together.
+                if replies
+                    .try_iter()
+                    .try_for_each(|m| m.write_to(&mut out))
+                    .is_err()
+                    || out.flush().is_err()
+                {
+                    break;
+                }
+            }
+        });
+        self.lock().outboxes.insert(connection, outbox.clone());
+        let mut reader = BufReader::new(&stream);
+        let mut requests: u64 = 0;
+        while let Ok(Some(request)) = Message::read_from(&mut reader) {
+            requests += 1;
+            if self
+                .faults
+                .drop_after_requests
+                .is_some_and(|n| requests > n)
+            {
+                break;
+            }
+            if !self.faults.reply_delay.is_zero() {
+                std::thread::sleep(self.faults.reply_delay);
+            }
+            let watch_added = self.handle(connection, &request, &outbox);
+            if let Some((path, token)) = watch_added {
+                // A new watch fires once at once, after its reply.
+                let _ = outbox.send(watch_event(&path, &token));
+            }
+        }
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+        self.disconnect(connection);
+        drop(outbox);
+        let _ = writer.join();
+    }
+
+    fn disconnect(&self, connection: u64) {
+        let mut state = self.lock();
+        state.outboxes.remove(&connection);
+        state.watches.retain(|w| w.connection != connection);
+        state.transactions.retain(|_, t| t.connection != connection);
+    }
+
+    /// Answers one request; returns a watch that was just added.
+    fn handle(
+        self: &Arc<Shared>,
+        connection: u64,
+        request: &Message,
+        outbox: &Sender<Message>,
+    ) -> Option<(String, Vec<u8>)> {
+        let result = self.dispatch(connection, request);
+        let (reply, watch) = match result {
+            Ok((payload, watch)) => (
+                Message {
+                    payload,
+                    ..request.clone()
+                },
+                watch,
+            ),
+            Err(errno) => {
+                let payload = nul_terminated([errno.name().as_bytes()]);
+                (
+                    Message::new(
+                        MessageType::Error,
+                        request.request_id,
+                        request.transaction_id,
+                        payload,
+                    ),
+                    None,
+                )
+            }
+        };
+        let reply = if reply.payload.len() > PAYLOAD_MAX {
+            // xenstored refuses to send what a client could not read.
+            let payload = nul_terminated([Errno::E2big.name().as_bytes()]);
+            Message::new(
+                MessageType::Error,
+                request.request_id,
+                request.transaction_id,
+                payload,
+            )
+        } else {
+            reply
+        };
+        let _ = outbox.send(reply);
+        watch
+    }
+
+    fn dispatch(
+        self: &Arc<Shared>,
+        connection: u64,
+        request: &Message,
+    ) -> Result<(Vec<u8>, Option<(String, Vec<u8>)>), Errno> {
+        let Some(kind) = request.message_type() else {
+            return Err(Errno::Einval);
+        };
+        let args = request.strings();
+        let text = |i: usize| -> Result<&str, Errno> {
+            let arg = args.get(i).ok_or(Errno::Einval)?;
+            std::str::from_utf8(arg).map_err(|_| Errno::Einval)
+        };
+        let path = |i: usize| text(i).map(canonical);
+        let ok = || Ok((b"OK\0".to_vec(), None));
+        let tx = request.transaction_id;
+        match kind {
+            MessageType::Read => {
+                let path = path(0)?;
+                self.read_op(connection, tx, |store| {
+                    store.read(&path).map(<[u8]>::to_vec)
+                })
+                .map(|v| (v, None))
+            }
+            MessageType::Directory => {
+                let path = path(0)?;
+                self.read_op(connection, tx, |store| {
+                    store
+                        .directory(&path)
+                        .map(|names| nul_terminated(names.iter().map(|n| n.as_bytes())))
+                })
+                .map(|v| (v, None))
+            }
+            MessageType::DirectoryPart => {
+                let (path, offset) = (
+                    path(0)?,
+                    text(1)?.parse::<usize>().map_err(|_| Errno::Einval)?,
+                );
+                let generation = self.lock().generation;
+                self.read_op(connection, tx, |store| {
+                    let names = store.directory(&path)?;
+                    Ok(directory_part(&names, offset, generation))
+                })
+                .map(|v| (v, None))
+            }
+            MessageType::GetPerms => {
+                let path = path(0)?;
+                self.read_op(connection, tx, |store| {
+                    store
+                        .get_perms(&path)
+                        .map(|perms| nul_terminated(perms.iter().map(|p| p.as_bytes())))
+                })
+                .map(|v| (v, None))
+            }
+            MessageType::Write => {
+                let path = path(0)?;
+                let split = request
+                    .payload
+                    .iter()
+                    .position(|b| *b == 0)
+                    .ok_or(Errno::Einval)?;
+                let value = request.payload[split + 1..].to_vec();
+                self.write_op(
+                    connection,
+                    tx,
+                    vec![Change {
+                        path: path.clone(),
+                        removed: false,
+                    }],
+                    |store| store.write(&path, &value),
+                )?;
+                ok()
+            }
+            MessageType::Mkdir => {
+                let path = path(0)?;
+                self.write_op(
+                    connection,
+                    tx,
+                    vec![Change {
+                        path: path.clone(),
+                        removed: false,
+                    }],
+                    |store| store.mkdir(&path).map(|_| ()),
+                )?;
+                ok()
+            }
+            MessageType::Rm => {
+                let path = path(0)?;
+                self.write_op(
+                    connection,
+                    tx,
+                    vec![Change {
+                        path: path.clone(),
+                        removed: true,
+                    }],
+                    |store| store.rm(&path).map(|_| ()),
+                )?;
+                ok()
+            }
+            MessageType::SetPerms => {
+                let path = path(0)?;
+                let perms = args[1..]
+                    .iter()
+                    .filter(|p| !p.is_empty())
+                    .map(|p| String::from_utf8(p.to_vec()).map_err(|_| Errno::Einval))
+                    .collect::<Result<Vec<_>, _>>()?;
+                self.write_op(
+                    connection,
+                    tx,
+                    vec![Change {
+                        path: path.clone(),
+                        removed: false,
+                    }],
+                    |store| store.set_perms(&path, perms.clone()),
+                )?;
+                ok()
+            }
+            MessageType::Watch => {
+                let (path, token) = (path(0)?, args.get(1).ok_or(Errno::Einval)?.to_vec());
+                if !path.starts_with('@') {
+                    elements(&path)?;
+                }
+                let mut state = self.lock();
+                if state
+                    .watches
+                    .iter()
+                    .any(|w| w.connection == connection && w.path == path && w.token == token)
+                {
+                    return Err(Errno::Eexist);
+                }
+                state.watches.push(Watch {
+                    connection,
+                    path: path.clone(),
+                    token: token.clone(),
+                });
+                Ok((b"OK\0".to_vec(), Some((path, token))))
+            }
+            MessageType::Unwatch => {
+                let (path, token) = (path(0)?, args.get(1).ok_or(Errno::Einval)?.to_vec());
+                let mut state = self.lock();
+                let before = state.watches.len();
+                state.watches.retain(|w| {
+                    !(w.connection == connection && w.path == path && w.token == token)
+                });
+                if state.watches.len() == before {
+                    return Err(Errno::Enoent);
+                }
+                ok()
+            }
+            MessageType::TransactionStart => {
+                if tx != 0 {
+                    return Err(Errno::Einval);
+                }
+                let mut state = self.lock();
+                let id = state.next_transaction;
+                state.next_transaction = state.next_transaction.wrapping_add(1).max(1);
+                let transaction = Transaction {
+                    connection,
+                    store: state.store.clone(),
+                    start_generation: state.generation,
+                    changes: Vec::new(),
+                };
+                state.transactions.insert(id, transaction);
+                Ok((nul_terminated([id.to_string().as_bytes()]), None))
+            }
+            MessageType::TransactionEnd => {
+                let commit = match args.first().copied() {
+                    Some(b"T") => true,
+                    Some(b"F") => false,
+                    _ => return Err(Errno::Einval),
+                };
+                self.end_transaction(connection, tx, commit)?;
+                ok()
+            }
+            MessageType::GetDomainPath => {
+                let domid: u32 = text(0)?.parse().map_err(|_| Errno::Einval)?;
+                Ok((
+                    nul_terminated([format!("/local/domain/{domid}").as_bytes()]),
+                    None,
+                ))
+            }
+            MessageType::IsDomainIntroduced => {
+                let domid: u32 = text(0)?.parse().map_err(|_| Errno::Einval)?;
+                let known =
+                    domid == 0 || self.lock().store.exists(&format!("/local/domain/{domid}"));
+                Ok((
+                    nul_terminated([if known { &b"T"[..] } else { &b"F"[..] }]),
+                    None,
+                ))
+            }
+            MessageType::ResetWatches => {
+                let mut state = self.lock();
+                state.watches.retain(|w| w.connection != connection);
+                state.transactions.retain(|_, t| t.connection != connection);
+                ok()
+            }
+            // Domain management needs a hypervisor; accepted and ignored here.
+            MessageType::Introduce
+            | MessageType::Release
+            | MessageType::Resume
+            | MessageType::SetTarget => ok(),
+            MessageType::Control => Err(Errno::Enosys),
+            MessageType::WatchEvent | MessageType::Error => Err(Errno::Einval),
+        }
+    }
+
+    fn read_op<T>(
+        &self,
+        connection: u64,
+        tx: u32,
+        read: impl FnOnce(&Store) -> Result<T, Errno>,
+    ) -> Result<T, Errno> {
+        let state = self.lock();
+        if tx == 0 {
+            return read(&state.store);
+        }
+        let transaction = state
+            .transactions
+            .get(&tx)
+            .filter(|t| t.connection == connection)
+            .ok_or(Errno::Enoent)?;
+        read(&transaction.store)
+    }
+
+    fn write_op(
+        self: &Arc<Shared>,
+        connection: u64,
+        tx: u32,
+        changes: Vec<Change>,
+        write: impl FnOnce(&mut Store) -> Result<(), Errno>,
+    ) -> Result<(), Errno> {
+        let mut state = self.lock();
+        if tx != 0 {
+            let transaction = state
+                .transactions
+                .get_mut(&tx)
+                .filter(|t| t.connection == connection)
+                .ok_or(Errno::Enoent)?;
+            write(&mut transaction.store)?;
+            transaction.changes.extend(changes);
+            return Ok(());
+        }
+        write(&mut state.store)?;
+        state.generation += 1;
+        self.committed(&mut state, &changes);
+        Ok(())
+    }
+
+    fn end_transaction(
+        self: &Arc<Shared>,
+        connection: u64,
+        tx: u32,
+        commit: bool,
+    ) -> Result<(), Errno> {
+        let mut state = self.lock();
+        if !state
+            .transactions
+            .get(&tx)
+            .is_some_and(|t| t.connection == connection)
+        {
+            return Err(Errno::Enoent);
+        }
+        let transaction = state.transactions.remove(&tx).expect("checked above");
+        if !commit {
+            return Ok(());
+        }
+        state.commits += 1;
+        let injected = self.faults.eagain_commits.contains(&state.commits);
+        if injected || transaction.start_generation != state.generation {
+            return Err(Errno::Eagain);
+        }
+        if transaction.changes.is_empty() {
+            return Ok(());
+        }
+        state.store = transaction.store;
+        state.generation += 1;
+        self.committed(&mut state, &transaction.changes);
+        Ok(())
+    }
+
+    /// After a commit: watch events, and the simulated guests' reactions.
+    fn committed(self: &Arc<Shared>, state: &mut State, changes: &[Change]) {
+        for change in changes {
+            for watch in &state.watches {
+                let event_path = if is_under(&change.path, &watch.path) {
+                    Some(change.path.as_str())
+                } else if change.removed && is_under(&watch.path, &change.path) {
+                    Some(watch.path.as_str())
+                } else {
+                    None
+                };
+                if let (Some(path), Some(outbox)) =
+                    (event_path, state.outboxes.get(&watch.connection))
+                {
+                    let _ = outbox.send(watch_event(path, &watch.token));
+                }
+            }
+            if !change.removed && state.store.read(&change.path) == Ok(CLOSING) {
+                self.guest_sees_closing(&state.store, &change.path);
+            }
+        }
+    }
+
+    /// A backend went to Closing: the guest closes its frontend after its
+    /// delay (unless it keeps the disk), then dom0's block backend closes.
+    fn guest_sees_closing(self: &Arc<Shared>, store: &Store, state_path: &str) {
+        let parts: Vec<&str> = state_path.split('/').collect();
+        // /local/domain/<backend>/backend/<kind>/<domid>/<devid>/state
+        let [
+            "",
+            "local",
+            "domain",
+            _,
+            "backend",
+            _,
+            domid,
+            devid,
+            "state",
+        ] = parts.as_slice()
+        else {
+            return;
+        };
+        let Ok(domid) = domid.parse::<u32>() else {
+            return;
+        };
+        if self.guests.never_close.contains(&domid) {
+            return;
+        }
+        let backend = state_path.trim_end_matches("/state").to_owned();
+        let frontend = store
+            .read(&format!("{backend}/frontend"))
+            .ok()
+            .and_then(|f| String::from_utf8(f.to_vec()).ok())
+            .unwrap_or_else(|| format!("/local/domain/{domid}/device/vbd/{devid}"));
+        let shared = Arc::clone(self);
+        let delay = self.guests.close_delay;
+        std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            if shared.stopping.load(Ordering::Relaxed) {
+                return;
+            }
+            for dir in [frontend, backend] {
+                let mut state = shared.lock();
+                let path = format!("{dir}/state");
+                if state.store.exists(&dir) && state.store.write(&path, CLOSED).is_ok() {
+                    state.generation += 1;
+                    shared.committed(
+                        &mut state,
+                        &[Change {
+                            path,
+                            removed: false,
+                        }],
+                    );
+                }
+            }
+        });
+    }
+}
+
+/// Relative paths are taken from dom0's home, as xenstored does for socket clients.
+fn canonical(path: &str) -> String {
+    if path.starts_with('/') || path.starts_with('@') {
+        path.to_owned()
+    } else {
+        format!("/local/domain/0/{path}")
+    }
+}
+
+/// Whether `path` is `base` or below it.
+fn is_under(path: &str, base: &str) -> bool {
+    base == "/"
+        || path == base
+        || path
+            .strip_prefix(base)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+fn watch_event(path: &str, token: &[u8]) -> Message {
+    Message::new(
+        MessageType::WatchEvent,
+        0,
+        0,
+        nul_terminated([path.as_bytes(), token]),
+    )
+}
+
+/// The reply to DIRECTORY_PART, as xenstored builds it: the generation, then
+/// as many whole names from byte `offset` of the name list as fit, then one
+/// more NUL if that reaches the end of the list. A client asks again from
+/// the offset it has read up to, until it sees that double NUL.
+fn directory_part(names: &[&str], offset: usize, generation: u64) -> Vec<u8> {
+    let generation = generation.to_string();
+    let list = nul_terminated(names.iter().map(|n| n.as_bytes()));
+    let mut payload = nul_terminated([generation.as_bytes()]);
+    if offset >= list.len() {
+        payload.push(0);
+        return payload;
+    }
+    let room = PAYLOAD_MAX - payload.len() - 1;
+    let mut end = offset;
+    for name in list[offset..].split_inclusive(|b| *b == 0) {
+        if end - offset + name.len() > room {
+            break;
+        }
+        end += name.len();
+    }
+    payload.extend_from_slice(&list[offset..end]);
+    if end == list.len() {
+        payload.push(0);
+    }
+    payload
+}
+
+/// Waits for clients on the listener until told to stop.
+pub(super) fn accept_loop(
+    shared: Arc<Shared>,
+    listener: std::os::unix::net::UnixListener,
+) -> io::Result<()> {
+    for stream in listener.incoming() {
+        if shared.stopping.load(Ordering::Relaxed) {
+            break;
+        }
+        let stream = stream?;
+        let shared = Arc::clone(&shared);
+        std::thread::spawn(move || shared.serve(stream));
+    }
+    Ok(())
+}
