@@ -55,8 +55,11 @@ pub fn parse(text: &str) -> Result<Store, DumpError> {
     Ok(store)
 }
 
+/// One dump line: the name or path as written, the value, the permissions.
+type Line<'a> = (&'a str, Vec<u8>, Option<Vec<String>>);
+
 /// `name = "value"` with an optional `(perms)` after the value.
-fn split_line(line: &str) -> Result<(&str, Vec<u8>, Option<Vec<String>>), String> {
+fn split_line(line: &str) -> Result<Line<'_>, String> {
     let Some((key, rest)) = line.split_once(" = \"") else {
         return Err(format!("expected `name = \"value\"`, found `{line}`"));
     };

@@ -53,6 +53,9 @@ struct Watch {
     token: Vec<u8>,
 }
 
+/// A reply payload, and the `(path, token)` of a watch the request added.
+type Answer = (Vec<u8>, Option<(String, Vec<u8>)>);
+
 /// A committed modification, for watches and simulated guests.
 #[derive(Debug, Clone)]
 struct Change {
@@ -193,11 +196,7 @@ impl Shared {
         watch
     }
 
-    fn dispatch(
-        self: &Arc<Shared>,
-        connection: u64,
-        request: &Message,
-    ) -> Result<(Vec<u8>, Option<(String, Vec<u8>)>), Errno> {
+    fn dispatch(self: &Arc<Shared>, connection: u64, request: &Message) -> Result<Answer, Errno> {
         let Some(kind) = request.message_type() else {
             return Err(Errno::Einval);
         };
@@ -448,10 +447,10 @@ impl Shared {
         commit: bool,
     ) -> Result<(), Errno> {
         let mut state = self.lock();
-        if !state
+        if state
             .transactions
             .get(&tx)
-            .is_some_and(|t| t.connection == connection)
+            .is_none_or(|t| t.connection != connection)
         {
             return Err(Errno::Enoent);
         }
