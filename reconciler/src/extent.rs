@@ -58,6 +58,20 @@ impl Serialize for DevNum {
     }
 }
 
+impl schemars::JsonSchema for DevNum {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "DevNum".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A block device number, MAJOR:MINOR in decimal.",
+            "type": "string",
+            "pattern": "^[0-9]+:[0-9]+$"
+        })
+    }
+}
+
 impl<'de> Deserialize<'de> for DevNum {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<DevNum, D::Error> {
         String::deserialize(deserializer)?

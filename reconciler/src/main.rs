@@ -18,6 +18,12 @@ struct Cli {
     /// The state DB [env: XENDISK_STATE] [default: /var/lib/xendisk/state.sqlite]
     #[arg(long, global = true, value_name = "PATH")]
     state: Option<PathBuf>,
+    /// Read /proc, /sys and /dev under this directory instead of /
+    #[arg(long, global = true, value_name = "DIR", default_value = "/")]
+    host_root: PathBuf,
+    /// Log what xendisk does (debug level), on standard error
+    #[arg(long, short, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -39,8 +45,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print the JSON Schema of desired-state files.
-    Schema,
+    /// Print the JSON Schema of a file format.
+    Schema {
+        /// Which format.
+        #[arg(value_enum, default_value = "desired")]
+        format: ops::SchemaFormat,
+    },
+    /// Capture the host (xenstore, dom0's mounts, swaps and block devices) in one file.
+    Snapshot {
+        /// Where to write it; standard output when absent.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
     /// Show the pools, pool devices and vdisks recorded in the state DB.
     State {
         /// Print JSON, with every vdisk's extents in order.
@@ -84,6 +100,15 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let level = if cli.verbose { "debug" } else { "warn" };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("xendisk={level}"))),
+        )
+        .with_writer(std::io::stderr)
+        .without_time()
+        .init();
     let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let outcome = {
         let (mut stdout, mut stderr) = (std::io::stdout().lock(), std::io::stderr().lock());
@@ -98,7 +123,7 @@ fn main() -> ExitCode {
         Ok(exit) => ExitCode::from(exit as u8),
         Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", describe(&error));
             ExitCode::from(Exit::Error as u8)
         }
     }
@@ -116,7 +141,15 @@ fn run(cli: Cli, console: &mut Console<'_>) -> anyhow::Result<Exit> {
             console,
         )?,
         Command::Vdev { names, json } => ops::vdev(&ops::VdevOptions { names, json }, console)?,
-        Command::Schema => ops::schema(console)?,
+        Command::Schema { format } => ops::schema(format, console)?,
+        Command::Snapshot { output } => {
+            let options = ops::SnapshotOptions {
+                host_root: cli.host_root,
+                output,
+                now: now()?,
+            };
+            ops::snapshot(&options, console)?
+        }
         Command::State { json, check } => ops::state(
             &ops::StateOptions {
                 state,
@@ -176,4 +209,17 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
     error
         .downcast_ref::<std::io::Error>()
         .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
+/// The error and its causes, leaving out a cause that the message above it
+/// already quotes (library errors name their cause in their own words).
+fn describe(error: &anyhow::Error) -> String {
+    let mut message = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !message.contains(&cause) {
+            message = format!("{message}: {cause}");
+        }
+    }
+    message
 }

@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::desired::{self, Capacities, LoadError, Size};
 use anyhow::Context;
 
+use crate::observe;
 use crate::render;
 use crate::sim;
 use crate::state::{self, StateDb};
@@ -157,11 +158,59 @@ pub fn vdev(options: &VdevOptions, console: &mut Console<'_>) -> io::Result<Exit
     Ok(exit)
 }
 
-/// `xendisk schema`: prints the JSON Schema of desired-state files.
-pub fn schema(console: &mut Console<'_>) -> io::Result<Exit> {
-    console
-        .out
-        .write_all(crate::schema::desired_state_schema().as_bytes())?;
+/// The file formats `xendisk schema` describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SchemaFormat {
+    /// Desired-state TOML files.
+    Desired,
+    /// Host snapshots (`xendisk snapshot`).
+    Snapshot,
+}
+
+/// `xendisk schema`: prints the JSON Schema of a file format.
+pub fn schema(format: SchemaFormat, console: &mut Console<'_>) -> io::Result<Exit> {
+    let text = match format {
+        SchemaFormat::Desired => crate::schema::desired_state_schema(),
+        SchemaFormat::Snapshot => crate::schema::snapshot_schema(),
+    };
+    console.out.write_all(text.as_bytes())?;
+    Ok(Exit::Success)
+}
+
+/// `xendisk snapshot`
+#[derive(Debug, Clone)]
+pub struct SnapshotOptions {
+    pub host_root: PathBuf,
+    pub output: Option<PathBuf>,
+    pub now: jiff::Timestamp,
+}
+
+/// Observes the host and writes what it saw as a snapshot file.
+pub fn snapshot(options: &SnapshotOptions, console: &mut Console<'_>) -> anyhow::Result<Exit> {
+    let host = observe::observe(&observe::ObserveOptions {
+        host_root: options.host_root.clone(),
+    })?;
+    let text = observe::snapshot::to_json(&host, options.now);
+    match &options.output {
+        None => console.out.write_all(text.as_bytes())?,
+        Some(path) => {
+            // Written whole to a temporary file, then renamed: never half a snapshot.
+            let temporary = path.with_extension("partial");
+            std::fs::write(&temporary, &text)
+                .with_context(|| format!("cannot write {}", temporary.display()))?;
+            std::fs::rename(&temporary, path)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            writeln!(
+                console.err,
+                "Wrote {}: {}, {}, {} used by Domain-0, {}.",
+                path.display(),
+                count(host.domains.len(), "domain"),
+                count(host.attachments.len(), "attachment"),
+                count(host.dom0_uses.len(), "area"),
+                count(host.block_devices.len(), "block device"),
+            )?;
+        }
+    }
     Ok(Exit::Success)
 }
 

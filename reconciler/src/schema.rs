@@ -6,7 +6,15 @@ use crate::desired::Desired;
 
 /// The desired-state file's schema, pretty-printed with a final newline.
 pub fn desired_state_schema() -> String {
-    let schema = schemars::schema_for!(Desired);
+    pretty(schemars::schema_for!(Desired))
+}
+
+/// The snapshot file's schema.
+pub fn snapshot_schema() -> String {
+    pretty(schemars::schema_for!(crate::observe::snapshot::Snapshot))
+}
+
+fn pretty(schema: schemars::Schema) -> String {
     let mut text = serde_json::to_string_pretty(&schema).expect("a schema is always valid JSON");
     text.push('\n');
     text

@@ -5,7 +5,11 @@
 //! `exit-code`. The commands run in order, in a scratch copy of the case
 //! folder (so a state DB they write never lands in the tree), with no colour
 //! and the clock at `GOLDEN_NOW`. `$REPO` in `cmd` stands for the repository
-//! root, and the root is written back as `$REPO` in the outputs. With several commands, each one's output is
+//! root, and the root is written back as `$REPO` in the outputs. A case with
+//! a `xenstore.dump` (either `xenstore-ls` form; it may be a link to one of
+//! `examples/hosts/`) gets a simulated xenstored seeded from it, reached
+//! through `XENSTORED_PATH`; without one, `XENSTORED_PATH` names a socket
+//! that does not exist. With several commands, each one's output is
 //! headed by `$ xendisk ARGS` and `exit-code` has a line per command.
 //! A mismatch prints a unified diff; `XENDISK_BLESS=1 cargo test --test golden`
 //! rewrites the expected files after a deliberate change.
@@ -34,6 +38,14 @@ fn run_case(dir: &Path) -> Outcome {
     let commands: Vec<&str> = cmd.lines().filter(|l| !l.trim().is_empty()).collect();
     let scratch = tempfile::tempdir().expect("a scratch directory");
     copy_dir(dir, scratch.path());
+    let socket = scratch.path().join("xenstored.socket");
+    let _simulator = fs::read_to_string(dir.join("xenstore.dump"))
+        .ok()
+        .map(|dump| {
+            let store = xendisk::sim::dump::parse(&dump).expect("xenstore.dump is a valid dump");
+            xendisk::sim::Simulator::start(&socket, store, Default::default(), Default::default())
+                .expect("the simulator starts")
+        });
     let mut outcome = Outcome {
         stdout: String::new(),
         stderr: String::new(),
@@ -51,18 +63,21 @@ fn run_case(dir: &Path) -> Outcome {
             .env("NO_COLOR", "1")
             .env("TZ", "UTC")
             .env("XENDISK_NOW", GOLDEN_NOW)
+            .env("XENSTORED_PATH", &socket)
             .output()
             .expect("xendisk runs");
         if commands.len() > 1 {
             outcome.stdout.push_str(&format!("$ xendisk {line}\n"));
             outcome.stderr.push_str(&format!("$ xendisk {line}\n"));
         }
-        outcome
-            .stdout
-            .push_str(&String::from_utf8_lossy(&output.stdout).replace(&*repo, "$REPO"));
-        outcome
-            .stderr
-            .push_str(&String::from_utf8_lossy(&output.stderr).replace(&*repo, "$REPO"));
+        let scratch_path = scratch.path().to_string_lossy();
+        let clean = |bytes: &[u8]| {
+            String::from_utf8_lossy(bytes)
+                .replace(&*repo, "$REPO")
+                .replace(&*scratch_path, "$CASE")
+        };
+        outcome.stdout.push_str(&clean(&output.stdout));
+        outcome.stderr.push_str(&clean(&output.stderr));
         outcome.exit_code.push_str(&match output.status.code() {
             Some(code) => format!("{code}\n"),
             None => "killed by a signal\n".to_owned(),
@@ -71,12 +86,17 @@ fn run_case(dir: &Path) -> Outcome {
     outcome
 }
 
-/// The case's inputs, without the expected outputs.
+/// The case's inputs, without the expected outputs. Symbolic links are
+/// copied as links (a captured sysfs is made of them).
 fn copy_dir(from: &Path, to: &Path) {
     for entry in fs::read_dir(from).expect("case folder is readable") {
         let path = entry.expect("readable entry").path();
         let target = to.join(path.file_name().unwrap());
-        if path.is_dir() {
+        let metadata = fs::symlink_metadata(&path).expect("readable entry");
+        if metadata.file_type().is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(&path).unwrap(), &target)
+                .expect("link is copyable");
+        } else if metadata.is_dir() {
             fs::create_dir_all(&target).unwrap();
             copy_dir(&path, &target);
         } else if !["stdout", "stderr", "exit-code"]

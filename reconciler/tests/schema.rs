@@ -4,25 +4,44 @@
 use std::fs;
 use std::path::Path;
 
-#[test]
-fn committed_desired_state_schema_is_current() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/xendisk.schema.json");
-    let generated = xendisk::schema::desired_state_schema();
+/// Compares (or, when blessing, rewrites) one committed schema.
+fn check_committed(file: &str, generated: &str, command: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../schemas")
+        .join(file);
     if std::env::var_os("XENDISK_BLESS").is_some() {
-        fs::write(&path, &generated).expect("schemas/ is writable");
+        fs::write(&path, generated).expect("schemas/ is writable");
         return;
     }
     let committed = fs::read_to_string(&path).unwrap_or_default();
     if committed != generated {
-        let diff = similar::TextDiff::from_lines(&committed, &generated)
+        let diff = similar::TextDiff::from_lines(&committed, generated)
             .unified_diff()
-            .header("schemas/xendisk.schema.json (committed)", "generated")
+            .header(&format!("schemas/{file} (committed)"), "generated")
             .to_string();
         panic!(
-            "schemas/xendisk.schema.json is stale; run `xendisk schema > schemas/xendisk.schema.json` \
-             or XENDISK_BLESS=1 cargo test --test schema:\n{diff}"
+            "schemas/{file} is stale; run `{command} > schemas/{file}` or \
+             XENDISK_BLESS=1 cargo test --test schema:\n{diff}"
         );
     }
+}
+
+#[test]
+fn committed_desired_state_schema_is_current() {
+    check_committed(
+        "xendisk.schema.json",
+        &xendisk::schema::desired_state_schema(),
+        "xendisk schema desired",
+    );
+}
+
+#[test]
+fn committed_snapshot_schema_is_current() {
+    check_committed(
+        "snapshot.schema.json",
+        &xendisk::schema::snapshot_schema(),
+        "xendisk schema snapshot",
+    );
 }
 
 /// The schema accepts every example, as an editor would check it, so that its

@@ -1,0 +1,195 @@
+//! What dom0 itself uses: mounted filesystems (`/proc/mounts`), swap
+//! (`/proc/swaps`) and devices held by device-mapper, md or LVM (`holders/`),
+//! each turned into sectors of whole disks, or a file identity.
+
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+
+use super::{BlockDevice, Dom0Use, ObserveError, UseTarget, under};
+use crate::extent::DevNum;
+
+pub(super) fn uses(root: &Path, devices: &[BlockDevice]) -> Result<Vec<Dom0Use>, ObserveError> {
+    let mut uses = Vec::new();
+    for mount in read_table(root, "/proc/mounts")? {
+        let [source, mountpoint, _fstype, options, ..] = mount.as_slice() else {
+            continue;
+        };
+        let Some(device) = resolve(root, source, devices) else {
+            continue; // not a block device: tmpfs, proc, overlay, network filesystems
+        };
+        let writable = options.split(',').any(|o| o == "rw");
+        let how = if writable { "rw" } else { "ro" };
+        let description = format!("mounted {how} at {mountpoint} in Domain-0 ({source})");
+        push_sectors(&mut uses, device, devices, writable, &description);
+    }
+    for swap in read_table(root, "/proc/swaps")?.into_iter().skip(1) {
+        let Some(filename) = swap.first() else {
+            continue;
+        };
+        let description = format!("swap on {filename} in Domain-0");
+        match resolve(root, filename, devices) {
+            Some(device) => push_sectors(&mut uses, device, devices, true, &description),
+            None => {
+                if let Some(target) = file_identity(root, filename) {
+                    uses.push(Dom0Use {
+                        target,
+                        writable: true,
+                        description,
+                    });
+                }
+            }
+        }
+    }
+    for device in devices.iter().filter(|d| !d.holders.is_empty()) {
+        let by: Vec<String> = device
+            .holders
+            .iter()
+            .map(|h| {
+                match devices
+                    .iter()
+                    .find(|d| &d.name == h)
+                    .and_then(|d| d.dm_name.as_ref())
+                {
+                    Some(dm) => format!("{h} ({dm})"),
+                    None => h.clone(),
+                }
+            })
+            .collect();
+        let description = format!("held by {} in Domain-0 ({})", by.join(", "), device.name);
+        // A holder (LVM, md, device-mapper) may write anywhere on it.
+        push_sectors(&mut uses, device, devices, true, &description);
+    }
+    uses.sort();
+    uses.dedup();
+    Ok(uses)
+}
+
+/// Adds the sectors a block device occupies: its range on its whole disk,
+/// or, for a device built on others (dm, md), all of each underlying device;
+/// for a loop device, its window on the backing device or the backing file.
+fn push_sectors(
+    uses: &mut Vec<Dom0Use>,
+    device: &BlockDevice,
+    devices: &[BlockDevice],
+    writable: bool,
+    description: &str,
+) {
+    let mut targets = Vec::new();
+    expand(device, devices, &mut targets, 0);
+    for target in targets {
+        uses.push(Dom0Use {
+            target,
+            writable,
+            description: description.to_owned(),
+        });
+    }
+}
+
+fn expand(device: &BlockDevice, devices: &[BlockDevice], out: &mut Vec<UseTarget>, depth: usize) {
+    // Stacks deeper than this are a loop in the data, not a real host.
+    if depth > 16 {
+        return;
+    }
+    if !device.slaves.is_empty() {
+        for slave in devices.iter().filter(|d| device.slaves.contains(&d.name)) {
+            expand(slave, devices, out, depth + 1);
+        }
+        return;
+    }
+    if let Some(backing) = &device.loop_backing
+        && let Some(name) = backing.file.strip_prefix("/dev/")
+        && let Some(under_device) = devices.iter().find(|d| d.name == name)
+    {
+        let offset = backing.offset / 512;
+        let length = if backing.sizelimit == 0 {
+            under_device.sectors.saturating_sub(offset)
+        } else {
+            backing.sizelimit / 512
+        };
+        out.push(UseTarget::Sectors {
+            disk: under_device.disk,
+            start: under_device.start + offset,
+            sectors: length,
+        });
+        return;
+    }
+    out.push(UseTarget::Sectors {
+        disk: device.disk,
+        start: device.start,
+        sectors: device.sectors,
+    });
+}
+
+/// The block device a `/dev` path names, by the node's device number when
+/// the node exists under the root, else by kernel or device-mapper name.
+fn resolve<'a>(root: &Path, path: &str, devices: &'a [BlockDevice]) -> Option<&'a BlockDevice> {
+    if let Ok(metadata) = fs::metadata(under(root, path))
+        && metadata.file_type().is_block_device()
+    {
+        let number = DevNum::from_rdev(metadata.rdev());
+        return devices.iter().find(|d| d.device == number);
+    }
+    let name = path.strip_prefix("/dev/")?;
+    match name.strip_prefix("mapper/") {
+        Some(dm) => devices.iter().find(|d| d.dm_name.as_deref() == Some(dm)),
+        None => devices.iter().find(|d| d.name == name),
+    }
+}
+
+fn file_identity(root: &Path, path: &str) -> Option<UseTarget> {
+    let metadata = fs::metadata(under(root, path)).ok()?;
+    Some(UseTarget::File {
+        dev: metadata.dev(),
+        ino: metadata.ino(),
+        path: path.to_owned(),
+    })
+}
+
+/// A whitespace-separated table with the kernel's octal escapes undone.
+fn read_table(root: &Path, path: &str) -> Result<Vec<Vec<String>>, ObserveError> {
+    let file = under(root, path);
+    let text = fs::read_to_string(&file).map_err(|source| ObserveError::Read {
+        path: file.display().to_string(),
+        source,
+    })?;
+    Ok(text
+        .lines()
+        .map(|line| line.split_whitespace().map(unescape_octal).collect())
+        .collect())
+}
+
+/// `\040` is a space, `\011` a tab, `\012` a newline, `\134` a backslash.
+pub(super) fn unescape_octal(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let digits = bytes.get(i + 1..i + 4);
+        if bytes[i] == b'\\'
+            && let Some(digits) = digits.filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)))
+        {
+            let value = digits.iter().fold(0u32, |v, d| v * 8 + u32::from(d - b'0'));
+            if let Ok(byte) = u8::try_from(value) {
+                out.push(byte);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn octal_escapes_are_undone() {
+        assert_eq!(unescape_octal("/mnt/my\\040disk"), "/mnt/my disk");
+        assert_eq!(unescape_octal("a\\134b\\011c"), "a\\b\tc");
+        assert_eq!(unescape_octal("odd\\9"), "odd\\9");
+    }
+}

@@ -1,0 +1,164 @@
+//! Observing the host: what xenstore says is attached to which domain, and
+//! what dom0 itself uses (mounts, swap, device-mapper/md/LVM holders, loop
+//! devices), with the block device table needed to turn any of it into
+//! sector ranges on whole disks.
+//!
+//! Observation only reads: xenstore through the xenstore-rs client, and
+//! `/proc` and `/sys` under a root prefix (`--host-root`), so a captured tree
+//! can stand in for a live host. The result, [`HostState`], is plain data and
+//! is exactly what a snapshot file holds.
+
+mod dom0;
+pub mod snapshot;
+mod sysfs;
+mod xenstore;
+
+use std::path::{Path, PathBuf};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::extent::DevNum;
+
+pub use xenstore::{XenstoreError, read_xenstore};
+
+/// Everything observed on a host.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HostState {
+    /// Running domains, by domid.
+    pub domains: Vec<Domain>,
+    /// Every attachment in xenstore, by domid then device id.
+    pub attachments: Vec<Attachment>,
+    /// What dom0 itself uses.
+    pub dom0_uses: Vec<Dom0Use>,
+    /// Every block device in sysfs, by device number.
+    pub block_devices: Vec<BlockDevice>,
+}
+
+/// A running domain.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Domain {
+    pub domid: u32,
+    /// From `/local/domain/<domid>/name`; empty when the node is missing.
+    pub name: String,
+}
+
+/// A virtual block device attached to a domain, from its backend directory
+/// `/local/domain/0/backend/<backend>/<domid>/<devid>/`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Attachment {
+    pub domid: u32,
+    /// The xenstore device id.
+    pub devid: u32,
+    /// Its canonical name (`xvda`), when the id is a valid encoding.
+    pub vdev: Option<String>,
+    /// `vbd` (blkback), `qdisk` (QEMU) or `vbd3` (tapdisk3).
+    pub backend: String,
+    /// The backend's `params`: the device or file handed to the guest.
+    pub params: String,
+    /// The backend's `mode`: `r` or `w` (`w!` where a toolstack wrote it).
+    pub mode: String,
+    /// The backend's `type`: `phy`, `file`, `qdisk`, ...
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `physical-device`, written by the hotplug script once it ran.
+    pub physical_device: Option<DevNum>,
+}
+
+/// Something dom0 uses, as sectors of a whole disk or as a file.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Dom0Use {
+    /// What is used.
+    pub target: UseTarget,
+    /// Whether dom0 may write it.
+    pub writable: bool,
+    /// For a person: "mounted rw at /srv in Domain-0".
+    pub description: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum UseTarget {
+    /// Sectors `[start, start + sectors)` of the whole disk `disk`.
+    Sectors {
+        disk: DevNum,
+        start: u64,
+        sectors: u64,
+    },
+    /// A regular file, by identity.
+    File { dev: u64, ino: u64, path: String },
+}
+
+/// A block device as sysfs describes it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BlockDevice {
+    /// Kernel name: `sda3`, `dm-0`, `loop1`.
+    pub name: String,
+    pub device: DevNum,
+    /// The whole disk it is part of (itself for a whole disk).
+    pub disk: DevNum,
+    /// First sector on that disk.
+    pub start: u64,
+    pub sectors: u64,
+    /// Device-mapper name, for `/dev/mapper/<name>`.
+    pub dm_name: Option<String>,
+    /// Kernel names of the devices built on this one (`holders/`).
+    pub holders: Vec<String>,
+    /// Kernel names of the devices this one is built on (`slaves/`).
+    pub slaves: Vec<String>,
+    /// For a loop device: its backing file and window on it.
+    pub loop_backing: Option<LoopBacking>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoopBacking {
+    pub file: String,
+    /// Byte offset into the file.
+    pub offset: u64,
+    /// Byte limit, 0 for the rest of the file.
+    pub sizelimit: u64,
+}
+
+/// Where and how to observe.
+#[derive(Debug, Clone)]
+pub struct ObserveOptions {
+    /// Prefix for `/proc`, `/sys` and `/dev` paths.
+    pub host_root: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ObserveError {
+    #[error(transparent)]
+    Xenstore(#[from] XenstoreError),
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+}
+
+/// Observes the host: xenstore, then dom0's usage under the host root.
+pub fn observe(options: &ObserveOptions) -> Result<HostState, ObserveError> {
+    let (domains, attachments) = read_xenstore()?;
+    let block_devices = sysfs::block_devices(&options.host_root)?;
+    let dom0_uses = dom0::uses(&options.host_root, &block_devices)?;
+    Ok(HostState {
+        domains,
+        attachments,
+        dom0_uses,
+        block_devices,
+    })
+}
+
+/// `root` joined with an absolute host path.
+fn under(root: &Path, path: &str) -> PathBuf {
+    root.join(path.trim_start_matches('/'))
+}
