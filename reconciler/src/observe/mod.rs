@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::extent::DevNum;
 
-pub use xenstore::{XenstoreError, read_xenstore};
+pub use xenstore::{XenstoreError, XenstoreView, read_xenstore};
 
 /// Everything observed on a host.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -147,7 +147,7 @@ pub enum ObserveError {
 
 /// Observes the host: xenstore, then dom0's usage under the host root.
 pub fn observe(options: &ObserveOptions) -> Result<HostState, ObserveError> {
-    let (domains, attachments) = read_xenstore()?;
+    let XenstoreView { domains, attachments, .. } = read_xenstore()?;
     let block_devices = sysfs::block_devices(&options.host_root)?;
     let dom0_uses = dom0::uses(&options.host_root, &block_devices)?;
     Ok(HostState {

@@ -172,8 +172,17 @@ fn request(connection: &mut Raw, message: Message) -> io::Result<Vec<u8>> {
     Ok(reply.payload)
 }
 
+/// What xenstore says, and what reading it cost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XenstoreView {
+    pub domains: Vec<Domain>,
+    pub attachments: Vec<Attachment>,
+    /// Requests sent, each answered before the next.
+    pub round_trips: u64,
+}
+
 /// Reads the running domains and every block attachment.
-pub fn read_xenstore() -> Result<(Vec<Domain>, Vec<Attachment>), XenstoreError> {
+pub fn read_xenstore() -> Result<XenstoreView, XenstoreError> {
     let xs = XsUnix::new().map_err(|source| XenstoreError::Connect {
         socket: socket_path(),
         source,
@@ -234,7 +243,7 @@ pub fn read_xenstore() -> Result<(Vec<Domain>, Vec<Attachment>), XenstoreError> 
         attachments = attachments.len(),
         "read xenstore in {trips} round trips"
     );
-    Ok((domains, attachments))
+    Ok(XenstoreView { domains, attachments, round_trips: trips })
 }
 
 /// `physical-device` is `major:minor` in hexadecimal, as the hotplug script writes it.
