@@ -14,10 +14,14 @@ use xendisk::sim::{Faults, GuestPolicy, Simulator, Store};
 /// and the frontend nodes the guest writes.
 fn host(domains: u32) -> Store {
     let mut store = Store::default();
-    let mut write = |path: String, value: &str| store.write(&path, value.as_bytes()).expect("valid path");
+    let mut write =
+        |path: String, value: &str| store.write(&path, value.as_bytes()).expect("valid path");
     write("/local/domain/0/name".into(), "Domain-0");
     for domid in 1..=domains {
-        write(format!("/local/domain/{domid}/name"), &format!("guest-{domid:05}"));
+        write(
+            format!("/local/domain/{domid}/name"),
+            &format!("guest-{domid:05}"),
+        );
         write(format!("/local/domain/{domid}/vm"), &format!("/vm/{domid}"));
         for disk in 0..4u32 {
             let devid = (202 << 8) | (disk << 4);
@@ -37,7 +41,10 @@ fn host(domains: u32) -> Store {
                 ("mode", "w"),
                 ("device-type", "disk"),
                 ("physical-device", &format!("fd:{:x}", domid * 4 + disk)),
-                ("physical-device-path", &format!("/dev/dm-{}", domid * 4 + disk)),
+                (
+                    "physical-device-path",
+                    &format!("/dev/dm-{}", domid * 4 + disk),
+                ),
                 ("hotplug-status", "connected"),
             ] {
                 write(format!("{backend}/{leaf}"), value);
@@ -71,12 +78,19 @@ fn main() {
     let socket = dir.path().join("xenstored.socket");
     // Set before any thread starts; the xenstore-rs client reads it.
     unsafe { std::env::set_var("XENSTORED_PATH", &socket) };
-    println!("| domains | attachments | round trips | per attachment | seconds | peak RSS (MiB, simulator included) |");
+    println!(
+        "| domains | attachments | round trips | per attachment | seconds | peak RSS (MiB, simulator included) |"
+    );
     println!("|---:|---:|---:|---:|---:|---:|");
     let mut seconds = Vec::new();
     for domains in [1_000u32, 10_000] {
-        let simulator = Simulator::start(&socket, host(domains), GuestPolicy::default(), Faults::default())
-            .expect("the simulator starts");
+        let simulator = Simulator::start(
+            &socket,
+            host(domains),
+            GuestPolicy::default(),
+            Faults::default(),
+        )
+        .expect("the simulator starts");
         let started = Instant::now();
         let view = read_xenstore().expect("the simulated host is readable");
         let elapsed = started.elapsed().as_secs_f64();

@@ -147,15 +147,27 @@ pub enum ObserveError {
 
 /// Observes the host: xenstore, then dom0's usage under the host root.
 pub fn observe(options: &ObserveOptions) -> Result<HostState, ObserveError> {
-    let XenstoreView { domains, attachments, .. } = read_xenstore()?;
-    let block_devices = sysfs::block_devices(&options.host_root)?;
-    let dom0_uses = dom0::uses(&options.host_root, &block_devices)?;
+    let XenstoreView {
+        domains,
+        attachments,
+        ..
+    } = read_xenstore()?;
+    let (block_devices, dom0_uses) = observe_dom0(options)?;
     Ok(HostState {
         domains,
         attachments,
         dom0_uses,
         block_devices,
     })
+}
+
+/// Only dom0's side: the block device table and what dom0 uses.
+pub fn observe_dom0(
+    options: &ObserveOptions,
+) -> Result<(Vec<BlockDevice>, Vec<Dom0Use>), ObserveError> {
+    let block_devices = sysfs::block_devices(&options.host_root)?;
+    let dom0_uses = dom0::uses(&options.host_root, &block_devices)?;
+    Ok((block_devices, dom0_uses))
 }
 
 /// `root` joined with an absolute host path.

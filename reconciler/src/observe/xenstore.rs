@@ -243,7 +243,11 @@ pub fn read_xenstore() -> Result<XenstoreView, XenstoreError> {
         attachments = attachments.len(),
         "read xenstore in {trips} round trips"
     );
-    Ok(XenstoreView { domains, attachments, round_trips: trips })
+    Ok(XenstoreView {
+        domains,
+        attachments,
+        round_trips: trips,
+    })
 }
 
 /// `physical-device` is `major:minor` in hexadecimal, as the hotplug script writes it.
