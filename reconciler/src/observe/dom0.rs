@@ -6,7 +6,7 @@ use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
-use super::{BlockDevice, Dom0Use, ObserveError, UseTarget, under};
+use super::{BlockDevice, Dom0Use, ObserveError, UseTarget, devices, under};
 use crate::extent::DevNum;
 
 pub(super) fn uses(root: &Path, devices: &[BlockDevice]) -> Result<Vec<Dom0Use>, ObserveError> {
@@ -75,50 +75,13 @@ fn push_sectors(
     writable: bool,
     description: &str,
 ) {
-    let mut targets = Vec::new();
-    expand(device, devices, &mut targets, 0);
-    for target in targets {
+    for target in devices::sectors_of(device, devices) {
         uses.push(Dom0Use {
             target,
             writable,
             description: description.to_owned(),
         });
     }
-}
-
-fn expand(device: &BlockDevice, devices: &[BlockDevice], out: &mut Vec<UseTarget>, depth: usize) {
-    // Stacks deeper than this are a loop in the data, not a real host.
-    if depth > 16 {
-        return;
-    }
-    if !device.slaves.is_empty() {
-        for slave in devices.iter().filter(|d| device.slaves.contains(&d.name)) {
-            expand(slave, devices, out, depth + 1);
-        }
-        return;
-    }
-    if let Some(backing) = &device.loop_backing
-        && let Some(name) = backing.file.strip_prefix("/dev/")
-        && let Some(under_device) = devices.iter().find(|d| d.name == name)
-    {
-        let offset = backing.offset / 512;
-        let length = if backing.sizelimit == 0 {
-            under_device.sectors.saturating_sub(offset)
-        } else {
-            backing.sizelimit / 512
-        };
-        out.push(UseTarget::Sectors {
-            disk: under_device.disk,
-            start: under_device.start + offset,
-            sectors: length,
-        });
-        return;
-    }
-    out.push(UseTarget::Sectors {
-        disk: device.disk,
-        start: device.start,
-        sectors: device.sectors,
-    });
 }
 
 /// The block device a `/dev` path names, by the node's device number when
@@ -130,11 +93,7 @@ fn resolve<'a>(root: &Path, path: &str, devices: &'a [BlockDevice]) -> Option<&'
         let number = DevNum::from_rdev(metadata.rdev());
         return devices.iter().find(|d| d.device == number);
     }
-    let name = path.strip_prefix("/dev/")?;
-    match name.strip_prefix("mapper/") {
-        Some(dm) => devices.iter().find(|d| d.dm_name.as_deref() == Some(dm)),
-        None => devices.iter().find(|d| d.name == name),
-    }
+    devices::by_path(path, devices)
 }
 
 fn file_identity(root: &Path, path: &str) -> Option<UseTarget> {

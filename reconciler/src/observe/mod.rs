@@ -9,6 +9,7 @@
 //! is exactly what a snapshot file holds.
 
 mod dom0;
+pub mod devices;
 pub mod snapshot;
 mod sysfs;
 mod xenstore;
