@@ -57,4 +57,3 @@ fn expand(device: &BlockDevice, devices: &[BlockDevice], out: &mut Vec<UseTarget
         sectors: device.sectors,
     });
 }
-

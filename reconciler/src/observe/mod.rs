@@ -8,8 +8,8 @@
 //! can stand in for a live host. The result, [`HostState`], is plain data and
 //! is exactly what a snapshot file holds.
 
-mod dom0;
 pub mod devices;
+mod dom0;
 pub mod snapshot;
 mod sysfs;
 mod xenstore;

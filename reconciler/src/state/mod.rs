@@ -71,6 +71,9 @@ pub struct StateSnapshot {
     pub pools: Vec<PoolState>,
     /// Live vdisks, by name.
     pub vdisks: Vec<VdiskState>,
+    /// Vdisks that expired and whose extents, free space now, still hold
+    /// their data until the next write reclaims them.
+    pub expired: Vec<VdiskState>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -83,6 +86,9 @@ pub struct PoolState {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PoolDeviceState {
+    /// The DB's row id: the allocator's device order.
+    #[serde(skip)]
+    pub id: i64,
     pub path: String,
     pub device: DevNum,
     pub sectors: u64,

@@ -17,6 +17,11 @@ use crate::extent::{DevNum, SectorRange};
 pub(super) const LIVE: &str =
     "v.deleted_at IS NULL AND (v.expires_at IS NULL OR v.expires_at > ?1)";
 
+/// SQL condition: the vdisk row `v` has expired by `?1` but the next write
+/// has not reclaimed its extents yet.
+const UNRECLAIMED: &str =
+    "v.deleted_at IS NULL AND v.expires_at IS NOT NULL AND v.expires_at <= ?1";
+
 impl StateDb {
     /// The whole state at `now`.
     pub fn snapshot(&self, now: jiff::Timestamp) -> Result<StateSnapshot, StateError> {
@@ -34,8 +39,13 @@ impl StateDb {
             pool.devices.sort_by(|a, b| a.path.cmp(&b.path));
         }
         pools.sort_by(|a, b| a.name.cmp(&b.name));
-        let vdisks = self.live_vdisks(now)?;
-        Ok(StateSnapshot { pools, vdisks })
+        let vdisks = self.vdisks(now, LIVE)?;
+        let expired = self.vdisks(now, UNRECLAIMED)?;
+        Ok(StateSnapshot {
+            pools,
+            vdisks,
+            expired,
+        })
     }
 
     /// Pools by row id, without devices yet.
@@ -80,6 +90,7 @@ impl StateDb {
                     _ => None,
                 };
                 let device = PoolDeviceState {
+                    id: row.get(0)?,
                     path: row.get(2)?,
                     device: DevNum::new(row.get(3)?, row.get(4)?),
                     sectors: row.get::<_, i64>(5)? as u64,
@@ -175,7 +186,9 @@ impl StateDb {
     }
 
     /// Live vdisks with their extents in order.
-    fn live_vdisks(&self, now: i64) -> Result<Vec<VdiskState>, StateError> {
+    /// Vdisks matching `condition` (on `v`, with `?1` the time), with their
+    /// extents in order.
+    fn vdisks(&self, now: i64, condition: &str) -> Result<Vec<VdiskState>, StateError> {
         let error = self.sqlite_error("reading vdisks");
         let mut statement = self
             .connection
@@ -183,7 +196,7 @@ impl StateDb {
                 "SELECT v.id, v.name, p.name, p.extent_sectors, v.size_sectors, v.expiry,
                         v.created_at, v.expires_at
                  FROM vdisks v JOIN pools p ON p.id = v.pool_id
-                 WHERE {LIVE} ORDER BY v.name"
+                 WHERE {condition} ORDER BY v.name"
             ))
             .map_err(&error)?;
         let rows = statement
@@ -217,7 +230,7 @@ impl StateDb {
             .prepare(&format!(
                 "SELECT e.vdisk_id, d.major, d.minor, e.idx, d.id
                  FROM extents e JOIN vdisks v ON v.id = e.vdisk_id JOIN pool_devices d ON d.id = e.device_id
-                 WHERE {LIVE} ORDER BY e.vdisk_id, e.position"
+                 WHERE {condition} ORDER BY e.vdisk_id, e.position"
             ))
             .map_err(&error)?;
         let mut rows = statement.query(params![now]).map_err(&error)?;
