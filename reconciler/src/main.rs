@@ -66,6 +66,23 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Show what apply would change, in order, and whether it is safe.
+    Plan {
+        /// The desired-state file.
+        file: PathBuf,
+        /// Plan against a snapshot (`xendisk snapshot`) instead of the live host.
+        #[arg(long, value_name = "FILE")]
+        snapshot: Option<PathBuf>,
+        /// Allow deleting vdisks, which destroys their data.
+        #[arg(long)]
+        allow_destroy: bool,
+        /// Print the plan as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Also save the plan as JSON, for `apply`.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
     /// Serve a simulated xenstored on a unix socket, for trying xendisk without Xen.
     Sim {
         /// Where to listen; clients find it through XENSTORED_PATH.
@@ -159,6 +176,28 @@ fn run(cli: Cli, console: &mut Console<'_>) -> anyhow::Result<Exit> {
             },
             console,
         )?,
+        Command::Plan {
+            file,
+            snapshot,
+            allow_destroy,
+            json,
+            output,
+        } => {
+            let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            let options = ops::PlanOptions {
+                file,
+                state,
+                snapshot,
+                host_root: cli.host_root,
+                allow_destroy,
+                json,
+                output,
+                show_extents: cli.verbose,
+                colour,
+                now: now()?,
+            };
+            ops::plan(&options, console)?
+        }
         Command::Sim {
             socket,
             seed,

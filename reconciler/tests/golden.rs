@@ -9,7 +9,11 @@
 //! a `xenstore.dump` (either `xenstore-ls` form; it may be a link to one of
 //! `examples/hosts/`) gets a simulated xenstored seeded from it, reached
 //! through `XENSTORED_PATH`; without one, `XENSTORED_PATH` names a socket
-//! that does not exist. With several commands, each one's output is
+//! that does not exist. A case with a `state.ops` starts from a state DB
+//! built by replaying those operations through the library (one a line:
+//! `add-pool-device POOL EXTENT PATH MAJOR:MINOR SECTORS`,
+//! `create-vdisk NAME POOL SIZE EXPIRY [TIME]`, `delete-vdisk NAME [TIME]`);
+//! every command gets it as `XENDISK_STATE`. With several commands, each one's output is
 //! headed by `$ xendisk ARGS` and `exit-code` has a line per command.
 //! A mismatch prints a unified diff; `XENDISK_BLESS=1 cargo test --test golden`
 //! rewrites the expected files after a deliberate change.
@@ -39,6 +43,10 @@ fn run_case(dir: &Path) -> Outcome {
     let scratch = tempfile::tempdir().expect("a scratch directory");
     copy_dir(dir, scratch.path());
     let socket = scratch.path().join("xenstored.socket");
+    let state = scratch.path().join("state.sqlite");
+    if let Ok(ops) = fs::read_to_string(dir.join("state.ops")) {
+        build_state(&state, &ops);
+    }
     let _simulator = fs::read_to_string(dir.join("xenstore.dump"))
         .ok()
         .map(|dump| {
@@ -64,6 +72,7 @@ fn run_case(dir: &Path) -> Outcome {
             .env("TZ", "UTC")
             .env("XENDISK_NOW", GOLDEN_NOW)
             .env("XENSTORED_PATH", &socket)
+            .env("XENDISK_STATE", &state)
             .output()
             .expect("xendisk runs");
         if commands.len() > 1 {
@@ -84,6 +93,60 @@ fn run_case(dir: &Path) -> Outcome {
         });
     }
     outcome
+}
+
+/// Replays `state.ops` into a new state DB at `path`.
+fn build_state(path: &Path, ops: &str) {
+    use xendisk::desired::{Expiry, Size};
+    use xendisk::state::{DeviceGeometry, StateDb};
+    let mut db = StateDb::open(path).expect("a scratch state DB");
+    let time = |text: Option<&&str>| {
+        text.unwrap_or(&"2026-01-01T00:00:00Z")
+            .parse::<jiff::Timestamp>()
+            .unwrap()
+    };
+    for line in ops
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let size = |w: &str| w.parse::<Size>().unwrap();
+        let result = match words.as_slice() {
+            [
+                "add-pool-device",
+                pool,
+                extent,
+                device_path,
+                number,
+                sectors,
+            ] => db
+                .add_pool_device(
+                    pool,
+                    size(extent),
+                    &DeviceGeometry {
+                        path: (*device_path).to_owned(),
+                        device: number.parse().unwrap(),
+                        sectors: sectors.parse().unwrap(),
+                        on_disk: None,
+                    },
+                    time(None),
+                )
+                .map(|_| ()),
+            ["create-vdisk", name, pool, vdisk_size, expiry, rest @ ..] => db.create_vdisk(
+                name,
+                pool,
+                size(vdisk_size),
+                &expiry.parse::<Expiry>().unwrap(),
+                time(rest.first()),
+            ),
+            ["delete-vdisk", name, rest @ ..] => {
+                db.delete_vdisk(name, time(rest.first())).map(|_| ())
+            }
+            _ => panic!("state.ops: cannot read `{line}`"),
+        };
+        result.unwrap_or_else(|e| panic!("state.ops: `{line}`: {e}"));
+    }
 }
 
 /// The case's inputs, without the expected outputs. Symbolic links are

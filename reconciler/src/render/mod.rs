@@ -105,3 +105,4 @@ pub fn state_json(snapshot: &StateSnapshot, out: &mut dyn Write) -> io::Result<(
     )?;
     writeln!(out)
 }
+pub mod plan;

@@ -1,0 +1,887 @@
+//! Desired against actual: which operations are needed, which must come
+//! before which, who holds which disk areas (for the safety check), and
+//! what is refused. One method per kind of resource, in the order they
+//! depend on each other: pool devices, vdisks, attachments, realisation.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::resolve::{Area, Resolver, normalise, overlap};
+use super::{Op, Pending, PlanError, PlanInput, PlanOptions, Refusal};
+use crate::desired::{Expiry, Mode, Size, Source};
+use crate::extent::{DevNum, SectorRange};
+use crate::observe::Attachment;
+use crate::safety::Holder;
+use crate::state::VdiskState;
+use crate::state::alloc::{self, Run};
+use crate::vdev::Vdev;
+
+/// Where dom0's block device for a vdisk appears when device-mapper realises it.
+pub(super) fn dm_name(vdisk: &str) -> String {
+    format!("xendisk-{vdisk}")
+}
+
+pub(super) struct Diff {
+    pub ops: Vec<Op>,
+    /// `(a, b)`: operation `a` must be done before `b`.
+    pub edges: Vec<(usize, usize)>,
+    pub holders: Vec<Holder>,
+    pub pending: Vec<Pending>,
+    pub refusals: Vec<Refusal>,
+}
+
+/// Free space of one pool as the plan goes, for allocating like the state DB.
+struct PoolSpace {
+    extent_sectors: u64,
+    /// Allocation key (the state DB's row id) to device number.
+    devices: BTreeMap<i64, DevNum>,
+    free: Vec<Run>,
+    /// The operation adding each new device.
+    added_by: BTreeMap<i64, usize>,
+}
+
+struct Builder<'a> {
+    input: &'a PlanInput<'a>,
+    options: PlanOptions,
+    resolver: Resolver<'a>,
+    diff: Diff,
+    spaces: BTreeMap<String, PoolSpace>,
+    /// Extents of each vdisk after the plan, relative to pool devices.
+    extents: BTreeMap<String, Vec<SectorRange>>,
+    creates: BTreeMap<String, usize>,
+    grows: BTreeMap<String, usize>,
+    deletes: BTreeMap<String, usize>,
+    removals: BTreeMap<String, usize>,
+}
+
+pub(super) fn diff(input: &PlanInput<'_>, options: PlanOptions) -> Result<Diff, PlanError> {
+    let mut builder = Builder {
+        input,
+        options,
+        resolver: Resolver::new(input.state, input.host),
+        diff: Diff {
+            ops: Vec::new(),
+            edges: Vec::new(),
+            holders: Vec::new(),
+            pending: Vec::new(),
+            refusals: Vec::new(),
+        },
+        spaces: BTreeMap::new(),
+        extents: input
+            .state
+            .vdisks
+            .iter()
+            .map(|v| (v.name.clone(), v.extents.clone()))
+            .collect(),
+        creates: BTreeMap::new(),
+        grows: BTreeMap::new(),
+        deletes: BTreeMap::new(),
+        removals: BTreeMap::new(),
+    };
+    builder.dom0_holders();
+    builder.pool_devices()?;
+    builder.vdisks()?;
+    builder.attachments()?;
+    builder.realisation();
+    Ok(builder.diff)
+}
+
+impl Builder<'_> {
+    fn push(&mut self, op: Op) -> usize {
+        self.diff.ops.push(op);
+        self.diff.ops.len() - 1
+    }
+
+    fn refuse(&mut self, kind: &'static str, message: String) {
+        self.diff.refusals.push(Refusal { kind, message });
+    }
+
+    fn dom0_holders(&mut self) {
+        for used in &self.input.host.dom0_uses {
+            self.diff.holders.push(Holder {
+                name: used.description.clone(),
+                dom0: true,
+                writable: used.writable,
+                accepts_sharing: false,
+                areas: vec![Area::from(&used.target)],
+                added_by: None,
+                removed_by: None,
+            });
+        }
+    }
+
+    fn pool_devices(&mut self) -> Result<(), PlanError> {
+        let desired = &self.input.desired;
+        let state = self.input.state;
+        for pool in &state.pools {
+            let declared = desired.pools.get(&pool.name);
+            if let Some(declared) = declared
+                && declared.extent_size != pool.extent_size
+                && !pool.devices.is_empty()
+            {
+                return Err(PlanError::ExtentSizeChanged {
+                    pool: pool.name.clone(),
+                    existing: pool.extent_size,
+                    declared: declared.extent_size,
+                });
+            }
+            let mut space = PoolSpace {
+                extent_sectors: pool.extent_size.sectors(),
+                devices: BTreeMap::new(),
+                free: Vec::new(),
+                added_by: BTreeMap::new(),
+            };
+            for device in &pool.devices {
+                let kept = declared.is_some_and(|d| {
+                    d.devices
+                        .iter()
+                        .any(|p| normalise(p) == normalise(&device.path))
+                });
+                if kept {
+                    space.devices.insert(device.id, device.device);
+                    space.free.extend(device.free_runs.iter().copied());
+                } else {
+                    let op = self.push(Op::RemovePoolDevice {
+                        pool: pool.name.clone(),
+                        path: device.path.clone(),
+                        device: device.device,
+                    });
+                    self.removals.insert(normalise(&device.path), op);
+                }
+            }
+            self.spaces.insert(pool.name.clone(), space);
+        }
+        let recorded: BTreeSet<String> = state
+            .pools
+            .iter()
+            .flat_map(|p| &p.devices)
+            .map(|d| normalise(&d.path))
+            .collect();
+        let mut next_id = state
+            .pools
+            .iter()
+            .flat_map(|p| &p.devices)
+            .map(|d| d.id)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        for (pool_name, pool) in &desired.pools {
+            let mut paths: Vec<String> = pool.devices.iter().map(|p| normalise(p)).collect();
+            paths.sort();
+            for path in paths {
+                let moving = self.removals.get(&path).copied();
+                if recorded.contains(&path) && moving.is_none() {
+                    continue;
+                }
+                let host = &self.input.host.block_devices;
+                let Some(device) = crate::observe::devices::by_path(&path, host) else {
+                    return Err(PlanError::UnknownPoolDevice {
+                        pool: pool_name.clone(),
+                        path,
+                    });
+                };
+                let extent_sectors = pool.extent_size.sectors().max(1);
+                let extents = device.sectors / extent_sectors;
+                let op = self.push(Op::AddPoolDevice {
+                    pool: pool_name.clone(),
+                    path: path.clone(),
+                    device: device.device,
+                    extent_size: pool.extent_size,
+                    extents,
+                });
+                if let Some(removal) = moving {
+                    self.diff.edges.push((removal, op));
+                }
+                self.resolver.add_pool_device(device.device);
+                self.check_pool_device_unused(pool_name, &path, device.device);
+                let space = self
+                    .spaces
+                    .entry(pool_name.clone())
+                    .or_insert_with(|| PoolSpace {
+                        extent_sectors,
+                        devices: BTreeMap::new(),
+                        free: Vec::new(),
+                        added_by: BTreeMap::new(),
+                    });
+                space.devices.insert(next_id, device.device);
+                space.added_by.insert(next_id, op);
+                if extents > 0 {
+                    space.free.push(Run {
+                        device: next_id,
+                        first: 0,
+                        len: extents,
+                    });
+                }
+                next_id += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// A pool device must be free of every other use: dom0's, and guests'.
+    fn check_pool_device_unused(&mut self, pool: &str, path: &str, device: DevNum) {
+        let Some(areas) = self.resolver.device_number(device) else {
+            return;
+        };
+        let mut users: Vec<String> = Vec::new();
+        for used in &self.input.host.dom0_uses {
+            if overlap(&areas, &[Area::from(&used.target)]) {
+                users.push(used.description.clone());
+            }
+        }
+        for attachment in &self.input.host.attachments {
+            let attached = attachment
+                .physical_device
+                .and_then(|d| self.resolver.device_number(d));
+            if attached.is_some_and(|a| overlap(&areas, &a)) {
+                users.push(format!("attached to {}", self.attachment_name(attachment)));
+            }
+        }
+        if !users.is_empty() {
+            self.refuse(
+                "pool-device-in-use",
+                format!(
+                    "pool device {path} of pool `{pool}` is in use: {}; a pool device must be free of every \
+                     other use",
+                    users.join("; ")
+                ),
+            );
+        }
+    }
+
+    fn vdisks(&mut self) -> Result<(), PlanError> {
+        let desired = &self.input.desired;
+        let actual: BTreeMap<&str, &VdiskState> = self
+            .input
+            .state
+            .vdisks
+            .iter()
+            .map(|v| (v.name.as_str(), v))
+            .collect();
+        for (name, vdisk) in &desired.vdisks {
+            match actual.get(name.as_str()) {
+                None => self.create(name, &vdisk.pool, vdisk.size, vdisk.expires)?,
+                Some(existing) if existing.pool != vdisk.pool => {
+                    let message = format!(
+                        "vdisk `{name}` moves from pool `{}` to pool `{}`: it would be deleted and created anew",
+                        existing.pool, vdisk.pool
+                    );
+                    self.delete(existing, vdisk.prevent_destroy, Some(message));
+                    self.create(name, &vdisk.pool, vdisk.size, vdisk.expires)?;
+                }
+                Some(existing) => {
+                    if vdisk.size < existing.size {
+                        self.refuse(
+                            "shrink",
+                            format!(
+                                "vdisk `{name}` is {} and the file asks for {}: shrinking destroys data and is \
+                                 refused; keep its size or create a new, smaller vdisk",
+                                existing.size, vdisk.size
+                            ),
+                        );
+                    } else if vdisk.size > existing.size {
+                        self.grow(existing, vdisk.size)?;
+                    }
+                    if vdisk.expires != existing.expiry {
+                        self.push(Op::SetExpiry {
+                            name: name.clone(),
+                            from: existing.expiry,
+                            to: vdisk.expires,
+                        });
+                    }
+                }
+            }
+        }
+        for existing in &self.input.state.vdisks {
+            if !desired.vdisks.contains_key(&existing.name) {
+                self.delete(existing, false, None);
+            }
+        }
+        Ok(())
+    }
+
+    fn create(
+        &mut self,
+        name: &str,
+        pool: &str,
+        size: Size,
+        expiry: Expiry,
+    ) -> Result<(), PlanError> {
+        let (extents, sources) = self.allocate(name, pool, size.sectors(), None)?;
+        let op = self.push(Op::CreateVdisk {
+            name: name.to_owned(),
+            pool: pool.to_owned(),
+            size,
+            expiry,
+            extents: extents.clone(),
+        });
+        self.diff
+            .edges
+            .extend(sources.into_iter().map(|add| (add, op)));
+        self.extents.insert(name.to_owned(), extents);
+        self.creates.insert(name.to_owned(), op);
+        Ok(())
+    }
+
+    fn grow(&mut self, existing: &VdiskState, size: Size) -> Result<(), PlanError> {
+        let space = &self.spaces[&existing.pool];
+        let have = existing.extents.len() as u64 * space.extent_sectors;
+        let after = existing.extents.last().and_then(|last| {
+            let id = space
+                .devices
+                .iter()
+                .find(|(_, d)| **d == last.device)
+                .map(|(id, _)| *id)?;
+            Some((id, last.start / space.extent_sectors + 1))
+        });
+        let (added, sources) = self.allocate(
+            &existing.name,
+            &existing.pool,
+            size.sectors().saturating_sub(have),
+            after,
+        )?;
+        let op = self.push(Op::GrowVdisk {
+            name: existing.name.clone(),
+            from: existing.size,
+            to: size,
+            extents: added.clone(),
+        });
+        self.diff
+            .edges
+            .extend(sources.into_iter().map(|add| (add, op)));
+        self.extents
+            .entry(existing.name.clone())
+            .or_default()
+            .extend(added);
+        self.grows.insert(existing.name.clone(), op);
+        Ok(())
+    }
+
+    /// Chooses extents as the state DB will, takes them from the plan's free
+    /// space, and returns them with the operations adding their devices.
+    fn allocate(
+        &mut self,
+        vdisk: &str,
+        pool: &str,
+        sectors: u64,
+        after: Option<(i64, u64)>,
+    ) -> Result<(Vec<SectorRange>, BTreeSet<usize>), PlanError> {
+        let Some(space) = self.spaces.get_mut(pool) else {
+            let needed = Size::from_sectors(sectors);
+            return Err(PlanError::PoolShort {
+                pool: pool.to_owned(),
+                vdisk: vdisk.to_owned(),
+                needed,
+                free: Size::from_sectors(0),
+            });
+        };
+        let needed = sectors.div_ceil(space.extent_sectors);
+        let Some(pieces) = alloc::choose(&space.free, needed, after) else {
+            let free: u64 = space.free.iter().map(|r| r.len).sum();
+            return Err(PlanError::PoolShort {
+                pool: pool.to_owned(),
+                vdisk: vdisk.to_owned(),
+                needed: Size::from_sectors(needed * space.extent_sectors),
+                free: Size::from_sectors(free * space.extent_sectors),
+            });
+        };
+        let mut extents = Vec::new();
+        let mut sources = BTreeSet::new();
+        for piece in &pieces {
+            take(&mut space.free, piece);
+            sources.extend(space.added_by.get(&piece.device).copied());
+            let device = space.devices[&piece.device];
+            for index in piece.first..piece.first + piece.len {
+                extents.push(SectorRange {
+                    device,
+                    start: index * space.extent_sectors,
+                    sectors: space.extent_sectors,
+                });
+            }
+        }
+        Ok((extents, sources))
+    }
+
+    fn delete(&mut self, existing: &VdiskState, prevent_destroy: bool, why: Option<String>) {
+        let name = &existing.name;
+        let op = self.push(Op::DeleteVdisk {
+            name: name.clone(),
+            pool: existing.pool.clone(),
+            size: existing.size,
+        });
+        self.deletes.insert(name.clone(), op);
+        let removals: BTreeSet<usize> = existing
+            .extents
+            .iter()
+            .filter_map(|e| self.removal_of_device(e.device))
+            .collect();
+        self.diff
+            .edges
+            .extend(removals.into_iter().map(|removal| (op, removal)));
+        let context = why.map(|w| format!("{w}; ")).unwrap_or_default();
+        if prevent_destroy {
+            self.refuse(
+                "prevent-destroy",
+                format!("{context}vdisk `{name}` has prevent_destroy = true and is never deleted by a plan"),
+            );
+        } else if !self.options.allow_destroy {
+            self.refuse(
+                "destroy",
+                format!(
+                    "{context}deleting vdisk `{name}` ({} in pool `{}`) destroys its data; run again with \
+                     --allow-destroy if that is intended",
+                    existing.size, existing.pool
+                ),
+            );
+        }
+    }
+
+    fn removal_of_device(&self, device: DevNum) -> Option<usize> {
+        self.input
+            .state
+            .pools
+            .iter()
+            .flat_map(|p| &p.devices)
+            .find(|d| d.device == device)
+            .and_then(|d| self.removals.get(&normalise(&d.path)).copied())
+    }
+
+    fn attachments(&mut self) -> Result<(), PlanError> {
+        let host = self.input.host;
+        let domid_of: BTreeMap<&str, u32> = host
+            .domains
+            .iter()
+            .map(|d| (d.name.as_str(), d.domid))
+            .collect();
+        let managed: BTreeMap<u32, &str> = self
+            .input
+            .desired
+            .domains
+            .keys()
+            .filter_map(|name| domid_of.get(name.as_str()).map(|id| (*id, name.as_str())))
+            .collect();
+        // Every attachment now is a holder until the plan detaches it.
+        let mut holder_of: BTreeMap<(u32, u32), usize> = BTreeMap::new();
+        for attachment in &host.attachments {
+            let holder = self.actual_holder(attachment);
+            self.diff.holders.push(holder);
+            holder_of.insert(
+                (attachment.domid, attachment.devid),
+                self.diff.holders.len() - 1,
+            );
+        }
+        for (name, domain) in &self.input.desired.domains {
+            let Some(&domid) = domid_of.get(name.as_str()) else {
+                self.diff.pending.push(Pending {
+                    domain: name.clone(),
+                    disks: domain.disks.len(),
+                });
+                continue;
+            };
+            let actual: BTreeMap<u32, &Attachment> = host
+                .attachments
+                .iter()
+                .filter(|a| a.domid == domid)
+                .map(|a| (a.devid, a))
+                .collect();
+            let mut wanted = BTreeSet::new();
+            for (vdev_text, disk) in &domain.disks {
+                // Validation has checked every vdev already.
+                let Ok(vdev) = Vdev::parse(vdev_text) else {
+                    continue;
+                };
+                let devid = vdev.device_id();
+                wanted.insert(devid);
+                let current = actual.get(&devid).copied();
+                if let Some(attachment) = current
+                    && self.actual_source(attachment) == disk.source
+                    && mode_of(&attachment.mode) == disk.mode
+                {
+                    continue;
+                }
+                let detach = current
+                    .map(|attachment| self.detach(name, attachment, holder_of[&(domid, devid)]));
+                let attach = self.push(Op::Attach {
+                    domain: name.clone(),
+                    domid,
+                    vdev: vdev.canonical_name(),
+                    devid,
+                    source: disk.source.clone(),
+                    mode: disk.mode,
+                });
+                self.diff.edges.extend(detach.map(|d| (d, attach)));
+                let areas = self.desired_areas(name, &vdev, &disk.source)?;
+                self.diff.holders.push(Holder {
+                    name: format!("domain {name} {vdev} ({}, {})", disk.source, disk.mode),
+                    dom0: domid == 0,
+                    writable: disk.mode.is_writable(),
+                    accepts_sharing: disk.mode == Mode::WriteShared,
+                    areas,
+                    added_by: Some(attach),
+                    removed_by: None,
+                });
+            }
+            for (devid, attachment) in &actual {
+                if !wanted.contains(devid) {
+                    self.detach(name, attachment, holder_of[&(domid, *devid)]);
+                }
+            }
+        }
+        self.order_detaches_before_conflicting_attaches();
+        self.check_attached_vdisks(&managed);
+        Ok(())
+    }
+
+    fn detach(&mut self, domain: &str, attachment: &Attachment, holder: usize) -> usize {
+        let op = self.push(Op::Detach {
+            domain: domain.to_owned(),
+            domid: attachment.domid,
+            vdev: attachment
+                .vdev
+                .clone()
+                .unwrap_or_else(|| attachment.devid.to_string()),
+            devid: attachment.devid,
+            source: self.actual_source(attachment).to_string(),
+        });
+        self.diff.holders[holder].removed_by = Some(op);
+        op
+    }
+
+    /// A detach that frees an area an attach needs comes first.
+    fn order_detaches_before_conflicting_attaches(&mut self) {
+        let leaving: Vec<&Holder> = self
+            .diff
+            .holders
+            .iter()
+            .filter(|h| h.removed_by.is_some())
+            .collect();
+        let arriving: Vec<&Holder> = self
+            .diff
+            .holders
+            .iter()
+            .filter(|h| h.added_by.is_some())
+            .collect();
+        let mut edges = Vec::new();
+        for old in &leaving {
+            for new in &arriving {
+                let writes = old.writable || new.writable;
+                if writes && overlap(&old.areas, &new.areas) {
+                    edges.push((
+                        old.removed_by.unwrap_or_default(),
+                        new.added_by.unwrap_or_default(),
+                    ));
+                }
+            }
+        }
+        self.diff.edges.extend(edges);
+    }
+
+    /// Vdisks that are deleted, or expired, while a domain still has them.
+    fn check_attached_vdisks(&mut self, managed: &BTreeMap<u32, &str>) {
+        let host = self.input.host;
+        for attachment in &host.attachments {
+            let Source::Vdisk(vdisk) = self.actual_source(attachment) else {
+                continue;
+            };
+            let detached = self.diff.ops.iter().any(|op| {
+                matches!(op, Op::Detach { domid, devid, .. } if *domid == attachment.domid && *devid == attachment.devid)
+            });
+            if let Some(&delete) = self.deletes.get(&vdisk) {
+                if detached {
+                    let detach = self.detach_op(attachment);
+                    self.diff.edges.push((detach, delete));
+                } else {
+                    let who = self.attachment_name(attachment);
+                    let hint = if managed.contains_key(&attachment.domid) {
+                        ""
+                    } else {
+                        " (a domain this file does not manage)"
+                    };
+                    self.refuse(
+                        "delete-attached",
+                        format!("vdisk `{vdisk}` would be deleted while attached to {who}{hint}; detach it first"),
+                    );
+                }
+            }
+            if let Some(expired) = self.input.state.expired.iter().find(|v| v.name == vdisk)
+                && !detached
+            {
+                let who = self.attachment_name(attachment);
+                let at = expired
+                    .expires_at
+                    .map(|t| t.to_string())
+                    .unwrap_or_default();
+                self.refuse(
+                    "expired-attached",
+                    format!(
+                        "vdisk `{vdisk}` expired at {at} but is still attached to {who}: its extents are free \
+                         space that a new vdisk may be given; detach it, or declare it again to copy its data first"
+                    ),
+                );
+            }
+        }
+    }
+
+    fn detach_op(&self, attachment: &Attachment) -> usize {
+        self.diff
+            .ops
+            .iter()
+            .position(|op| matches!(op, Op::Detach { domid, devid, .. } if *domid == attachment.domid && *devid == attachment.devid))
+            .expect("checked by the caller")
+    }
+
+    /// Realise what is attached and not realised; unrealise what is deleted.
+    fn realisation(&mut self) {
+        let attaches: Vec<(usize, String)> = self
+            .diff
+            .ops
+            .iter()
+            .enumerate()
+            .filter_map(|(i, op)| match op {
+                Op::Attach {
+                    source: Source::Vdisk(v),
+                    ..
+                } => Some((i, v.clone())),
+                _ => None,
+            })
+            .collect();
+        let mut realised: BTreeMap<String, usize> = BTreeMap::new();
+        for (attach, vdisk) in attaches {
+            if self.is_realised(&vdisk) && !self.creates.contains_key(&vdisk) {
+                continue;
+            }
+            let realise = match realised.get(&vdisk) {
+                Some(op) => *op,
+                None => {
+                    let op = self.push(Op::Realise {
+                        vdisk: vdisk.clone(),
+                    });
+                    if let Some(create) = self.creates.get(&vdisk) {
+                        self.diff.edges.push((*create, op));
+                    }
+                    if let Some(grow) = self.grows.get(&vdisk) {
+                        self.diff.edges.push((*grow, op));
+                    }
+                    realised.insert(vdisk.clone(), op);
+                    op
+                }
+            };
+            self.diff.edges.push((realise, attach));
+        }
+        let deleted: Vec<(String, usize)> = self
+            .deletes
+            .iter()
+            .map(|(v, op)| (v.clone(), *op))
+            .collect();
+        for (vdisk, delete) in deleted {
+            if !self.is_realised(&vdisk) {
+                continue;
+            }
+            let unrealise = self.push(Op::Unrealise {
+                vdisk: vdisk.clone(),
+            });
+            self.diff.edges.push((unrealise, delete));
+            let detaches: Vec<usize> = self
+                .diff
+                .ops
+                .iter()
+                .enumerate()
+                .filter(|(_, op)| matches!(op, Op::Detach { source, .. } if *source == format!("vdisk:{vdisk}")))
+                .map(|(i, _)| i)
+                .collect();
+            self.diff
+                .edges
+                .extend(detaches.into_iter().map(|d| (d, unrealise)));
+        }
+    }
+
+    fn is_realised(&self, vdisk: &str) -> bool {
+        let name = dm_name(vdisk);
+        let mapper = format!("/dev/mapper/{name}");
+        self.input
+            .host
+            .block_devices
+            .iter()
+            .any(|d| d.dm_name.as_deref() == Some(name.as_str()))
+            || self
+                .input
+                .host
+                .attachments
+                .iter()
+                .any(|a| a.params == mapper)
+            || self.loop_realisation_of(vdisk).is_some()
+    }
+
+    /// A loop device whose window is exactly the vdisk's one run.
+    fn loop_realisation_of(&self, vdisk: &str) -> Option<String> {
+        let extents = self
+            .input
+            .state
+            .vdisks
+            .iter()
+            .find(|v| v.name == vdisk)?
+            .extents
+            .as_slice();
+        let (first, last) = (extents.first()?, extents.last()?);
+        let contiguous = extents
+            .windows(2)
+            .all(|w| w[0].device == w[1].device && w[0].end() == w[1].start);
+        if !contiguous {
+            return None;
+        }
+        let pool_device = self
+            .input
+            .state
+            .pools
+            .iter()
+            .flat_map(|p| &p.devices)
+            .find(|d| d.device == first.device)?;
+        self.input.host.block_devices.iter().find_map(|d| {
+            let backing = d.loop_backing.as_ref()?;
+            let same_device = normalise(&backing.file) == normalise(&pool_device.path);
+            let window = backing.offset == first.start * 512
+                && (backing.sizelimit == 0
+                    || backing.sizelimit == (last.end() - first.start) * 512);
+            (same_device && window).then(|| format!("/dev/{}", d.name))
+        })
+    }
+
+    /// What an existing attachment hands its guest, in the file's terms.
+    fn actual_source(&self, attachment: &Attachment) -> Source {
+        let params = attachment.params.as_str();
+        if let Some(vdisk) = params
+            .strip_prefix("/dev/mapper/")
+            .and_then(|n| n.strip_prefix("xendisk-"))
+        {
+            return Source::Vdisk(vdisk.to_owned());
+        }
+        if params.starts_with("/dev/") {
+            let vdisk = self
+                .input
+                .state
+                .vdisks
+                .iter()
+                .find(|v| self.loop_realisation_of(&v.name).as_deref() == Some(params));
+            return match vdisk {
+                Some(v) => Source::Vdisk(v.name.clone()),
+                None => Source::Phy(normalise(params)),
+            };
+        }
+        // qdisk and tapdisk name a format before the path: aio:, raw:, vhd:, qcow2:.
+        let path = params.rsplit_once(':').map_or(params, |(_, path)| path);
+        Source::File(normalise(path))
+    }
+
+    fn actual_holder(&self, attachment: &Attachment) -> Holder {
+        let source = self.actual_source(attachment);
+        let areas = match &source {
+            Source::Vdisk(name) => {
+                let extents = self
+                    .input
+                    .state
+                    .vdisks
+                    .iter()
+                    .chain(&self.input.state.expired)
+                    .find(|v| &v.name == name)
+                    .map(|v| v.extents.clone())
+                    .unwrap_or_default();
+                self.resolver.extents(&extents)
+            }
+            Source::Phy(path) => attachment
+                .physical_device
+                .and_then(|d| self.resolver.device_number(d))
+                .or_else(|| self.resolver.device_path(path))
+                .unwrap_or_default(),
+            Source::File(path) => vec![Area::File(path.clone())],
+        };
+        let mode = mode_of(&attachment.mode);
+        Holder {
+            name: format!("{} ({source}, {mode})", self.attachment_name(attachment)),
+            dom0: attachment.domid == 0,
+            writable: mode.is_writable(),
+            accepts_sharing: mode == Mode::WriteShared,
+            areas,
+            added_by: None,
+            removed_by: None,
+        }
+    }
+
+    fn attachment_name(&self, attachment: &Attachment) -> String {
+        let domain = self
+            .input
+            .host
+            .domains
+            .iter()
+            .find(|d| d.domid == attachment.domid)
+            .map_or_else(|| format!("domid {}", attachment.domid), |d| d.name.clone());
+        let vdev = attachment
+            .vdev
+            .clone()
+            .unwrap_or_else(|| attachment.devid.to_string());
+        format!("domain {domain} {vdev}")
+    }
+
+    fn desired_areas(
+        &self,
+        domain: &str,
+        vdev: &Vdev,
+        source: &Source,
+    ) -> Result<Vec<Area>, PlanError> {
+        Ok(match source {
+            Source::Vdisk(name) => self
+                .resolver
+                .extents(self.extents.get(name).map_or(&[][..], Vec::as_slice)),
+            Source::Phy(path) => {
+                self.resolver
+                    .device_path(path)
+                    .ok_or_else(|| PlanError::UnknownPhy {
+                        domain: domain.to_owned(),
+                        vdev: vdev.canonical_name(),
+                        source_text: source.to_string(),
+                    })?
+            }
+            Source::File(path) => vec![Area::File(normalise(path))],
+        })
+    }
+}
+
+/// The mode an attachment's backend records.
+fn mode_of(text: &str) -> Mode {
+    match text {
+        "r" | "ro" => Mode::Read,
+        "w!" => Mode::WriteShared,
+        _ => Mode::Write,
+    }
+}
+
+/// Removes `piece` from the free runs, splitting the run that holds it.
+fn take(free: &mut Vec<Run>, piece: &Run) {
+    let Some(index) = free.iter().position(|r| {
+        r.device == piece.device
+            && r.first <= piece.first
+            && piece.first + piece.len <= r.first + r.len
+    }) else {
+        return;
+    };
+    let run = free.remove(index);
+    let after = run.first + run.len - (piece.first + piece.len);
+    if after > 0 {
+        free.insert(
+            index,
+            Run {
+                device: run.device,
+                first: piece.first + piece.len,
+                len: after,
+            },
+        );
+    }
+    if piece.first > run.first {
+        free.insert(
+            index,
+            Run {
+                device: run.device,
+                first: run.first,
+                len: piece.first - run.first,
+            },
+        );
+    }
+}

@@ -1,0 +1,292 @@
+//! Planning: the operations that take the host from its actual state to the
+//! desired one, in an order that never shares a disk unsafely.
+//!
+//! Pure: it gets the desired state, the state DB snapshot and the observed
+//! host as values and returns a [`Plan`] value; it reads no file and asks no
+//! daemon. The steps, each in its own module: [`diff`] finds the operations
+//! (and the allocations new vdisks will get), [`graph`] orders them, and
+//! [`crate::safety`] checks every intermediate state.
+
+mod diff;
+mod graph;
+mod resolve;
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::desired::{Desired, Expiry, Mode, Sharing, Size, Source};
+use crate::extent::{DevNum, SectorRange};
+use crate::observe::HostState;
+use crate::safety::{self, SafetyReport};
+use crate::state::StateSnapshot;
+
+pub use resolve::Area;
+
+/// What the planner is given.
+pub struct PlanInput<'a> {
+    pub desired: &'a Desired,
+    pub state: &'a StateSnapshot,
+    pub host: &'a HostState,
+}
+
+/// Choices the operator made on the command line.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PlanOptions {
+    /// Allow operations that destroy data (deleting vdisks).
+    pub allow_destroy: bool,
+}
+
+/// One operation of a plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Op {
+    /// Cut a device into extents of a pool.
+    AddPoolDevice {
+        pool: String,
+        path: String,
+        device: DevNum,
+        extent_size: Size,
+        extents: u64,
+    },
+    /// Take a device out of its pool.
+    RemovePoolDevice {
+        pool: String,
+        path: String,
+        device: DevNum,
+    },
+    /// Allocate a vdisk; `extents` are the ones it will get, in order.
+    CreateVdisk {
+        name: String,
+        pool: String,
+        size: Size,
+        expiry: Expiry,
+        extents: Vec<SectorRange>,
+    },
+    /// Add extents to a vdisk.
+    GrowVdisk {
+        name: String,
+        from: Size,
+        to: Size,
+        extents: Vec<SectorRange>,
+    },
+    /// Change when a vdisk expires.
+    SetExpiry {
+        name: String,
+        from: Expiry,
+        to: Expiry,
+    },
+    /// Destroy a vdisk: its extents become free.
+    DeleteVdisk {
+        name: String,
+        pool: String,
+        size: Size,
+    },
+    /// Make a vdisk's block device.
+    Realise { vdisk: String },
+    /// Remove a vdisk's block device.
+    Unrealise { vdisk: String },
+    /// Hand a source to a domain at a vdev.
+    Attach {
+        domain: String,
+        domid: u32,
+        vdev: String,
+        devid: u32,
+        source: Source,
+        mode: Mode,
+    },
+    /// Take an attachment away from a domain.
+    Detach {
+        domain: String,
+        domid: u32,
+        vdev: String,
+        devid: u32,
+        source: String,
+    },
+}
+
+impl Op {
+    /// `+` creates, `~` changes, `-` removes.
+    pub fn symbol(&self) -> char {
+        match self {
+            Op::AddPoolDevice { .. }
+            | Op::CreateVdisk { .. }
+            | Op::Realise { .. }
+            | Op::Attach { .. } => '+',
+            Op::GrowVdisk { .. } | Op::SetExpiry { .. } => '~',
+            Op::RemovePoolDevice { .. }
+            | Op::DeleteVdisk { .. }
+            | Op::Unrealise { .. }
+            | Op::Detach { .. } => '-',
+        }
+    }
+
+    /// The resource it acts on, which groups the text plan.
+    pub fn resource(&self) -> Resource {
+        match self {
+            Op::AddPoolDevice { pool, .. } | Op::RemovePoolDevice { pool, .. } => {
+                Resource::Pool(pool.clone())
+            }
+            Op::CreateVdisk { name, .. }
+            | Op::GrowVdisk { name, .. }
+            | Op::SetExpiry { name, .. }
+            | Op::DeleteVdisk { name, .. } => Resource::Vdisk(name.clone()),
+            Op::Realise { vdisk } | Op::Unrealise { vdisk } => Resource::Vdisk(vdisk.clone()),
+            Op::Attach { domain, .. } | Op::Detach { domain, .. } => {
+                Resource::Domain(domain.clone())
+            }
+        }
+    }
+}
+
+/// What the text plan groups operations by.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Resource {
+    Pool(String),
+    Vdisk(String),
+    Domain(String),
+}
+
+impl fmt::Display for Resource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Resource::Pool(name) => write!(f, "pool {name}"),
+            Resource::Vdisk(name) => write!(f, "vdisk {name}"),
+            Resource::Domain(name) => write!(f, "domain {name}"),
+        }
+    }
+}
+
+/// An operation with its place in the plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Step {
+    /// 1-based, in execution order.
+    pub id: usize,
+    #[serde(flatten)]
+    pub op: Op,
+    /// Steps that must be done first.
+    pub depends_on: Vec<usize>,
+}
+
+/// A declared domain that is not running: nothing is planned for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Pending {
+    pub domain: String,
+    pub disks: usize,
+}
+
+/// Why a plan cannot be applied as it stands (exit code 3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Refusal {
+    /// Short kind: `destroy`, `prevent-destroy`, `shrink`, `pool-device-in-use`, ...
+    pub kind: &'static str,
+    pub message: String,
+}
+
+/// The plan: steps in order, what was left pending, and the verdict.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+    pub pending: Vec<Pending>,
+    pub refusals: Vec<Refusal>,
+    pub safety: SafetyReport,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    /// Whether apply may carry it out.
+    pub fn is_refused(&self) -> bool {
+        !self.refusals.is_empty() || !self.safety.conflicts.is_empty()
+    }
+}
+
+/// Why no plan could be made at all (exit code 1).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error(
+        "pool device {path} of pool `{pool}` is not a block device on this host; check the path"
+    )]
+    UnknownPoolDevice { pool: String, path: String },
+    #[error(
+        "{source_text} of domain `{domain}` ({vdev}) is not a block device on this host; check the path"
+    )]
+    UnknownPhy {
+        domain: String,
+        vdev: String,
+        source_text: String,
+    },
+    #[error(
+        "pool `{pool}` has extents of {existing} in the state DB but the file says {declared}; \
+         the extent size of a pool with devices cannot change"
+    )]
+    ExtentSizeChanged {
+        pool: String,
+        existing: Size,
+        declared: Size,
+    },
+    #[error(
+        "pool `{pool}` has {free} free but vdisk `{vdisk}` needs {needed} more; add devices to the pool"
+    )]
+    PoolShort {
+        pool: String,
+        vdisk: String,
+        needed: Size,
+        free: Size,
+    },
+    #[error("the operations depend on each other in a cycle: {0}")]
+    Cycle(String),
+}
+
+/// Makes the plan.
+pub fn plan(input: &PlanInput<'_>, options: PlanOptions) -> Result<Plan, PlanError> {
+    let diff = diff::diff(input, options)?;
+    let order = graph::order(&diff.ops, &diff.edges)?;
+    let steps: Vec<Step> = order
+        .iter()
+        .enumerate()
+        .map(|(position, &index)| {
+            let mut depends_on: Vec<usize> = diff
+                .edges
+                .iter()
+                .filter(|(_, to)| *to == index)
+                .map(|(from, _)| {
+                    order
+                        .iter()
+                        .position(|o| o == from)
+                        .expect("every op is ordered")
+                        + 1
+                })
+                .collect();
+            depends_on.sort_unstable();
+            depends_on.dedup();
+            Step {
+                id: position + 1,
+                op: diff.ops[index].clone(),
+                depends_on,
+            }
+        })
+        .collect();
+    let sharing: Sharing = input.desired.settings.sharing;
+    let safety = safety::check(&diff.holders, &order, sharing);
+    Ok(Plan {
+        steps,
+        pending: diff.pending,
+        refusals: diff.refusals,
+        safety,
+    })
+}
+
+/// A digest of the actual state a plan starts from: apply compares it with
+/// the host's, to refuse a plan made for a host that has changed since.
+pub fn fingerprint(state: &StateSnapshot, host: &HostState) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(serde_json::to_vec(state).expect("the state serialises"));
+    hasher.update(serde_json::to_vec(host).expect("the host serialises"));
+    let digest = hasher.finalize();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}

@@ -1,0 +1,248 @@
+//! The plan for a person (grouped by resource, `+ ~ -`, step numbers, the
+//! verdict) and for a program (a versioned JSON document).
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+
+use anstyle::{AnsiColor, Style};
+use serde::Serialize;
+
+use super::FORMAT_VERSION;
+use crate::plan::{Op, Plan, Resource, Step};
+use crate::safety::Conflict;
+
+/// How to print a text plan.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TextStyle {
+    pub colour: bool,
+    /// Show the extents new and grown vdisks will get.
+    pub extents: bool,
+}
+
+/// Counts for the summary line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    pub add: usize,
+    pub change: usize,
+    pub remove: usize,
+}
+
+pub fn summary(plan: &Plan) -> Summary {
+    let mut summary = Summary::default();
+    for step in &plan.steps {
+        match step.op.symbol() {
+            '+' => summary.add += 1,
+            '~' => summary.change += 1,
+            _ => summary.remove += 1,
+        }
+    }
+    summary
+}
+
+pub fn text(plan: &Plan, style: TextStyle, out: &mut dyn Write) -> io::Result<()> {
+    let paint = |symbol: char, text: String| -> String {
+        if !style.colour {
+            return text;
+        }
+        let colour = match symbol {
+            '+' => AnsiColor::Green,
+            '~' => AnsiColor::Yellow,
+            _ => AnsiColor::Red,
+        };
+        let style = Style::new().fg_color(Some(colour.into()));
+        format!("{style}{text}{style:#}")
+    };
+    let mut groups: BTreeMap<Resource, Vec<&Step>> = BTreeMap::new();
+    for step in &plan.steps {
+        groups.entry(step.op.resource()).or_default().push(step);
+    }
+    if plan.steps.is_empty() {
+        writeln!(out, "No changes: the host matches the desired state.")?;
+    }
+    for (resource, steps) in &groups {
+        writeln!(out, "{resource}")?;
+        for step in steps {
+            let line = format!(
+                "  [{}] {} {}",
+                step.id,
+                step.op.symbol(),
+                describe(&step.op)
+            );
+            writeln!(out, "{}", paint(step.op.symbol(), line))?;
+            if style.extents {
+                extents(&step.op, out)?;
+            }
+        }
+        writeln!(out)?;
+    }
+    for pending in &plan.pending {
+        let disks = if pending.disks == 1 {
+            "1 disk".to_owned()
+        } else {
+            format!("{} disks", pending.disks)
+        };
+        writeln!(
+            out,
+            "Pending: domain {} is not running ({disks} declared); nothing is planned for it.",
+            pending.domain
+        )?;
+    }
+    if !plan.pending.is_empty() {
+        writeln!(out)?;
+    }
+    let counts = summary(plan);
+    writeln!(
+        out,
+        "Plan: {} to add, {} to change, {} to remove.",
+        counts.add, counts.change, counts.remove
+    )?;
+    let level = serde_json::to_value(plan.safety.level)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    if plan.safety.conflicts.is_empty() {
+        writeln!(
+            out,
+            "Safety ({level}): no disk area is shared unsafely at any step ({} holders checked).",
+            plan.safety.holders
+        )?;
+    }
+    for conflict in &plan.safety.existing {
+        writeln!(
+            out,
+            "Warning: already shared now, and not changed by this plan: {}",
+            conflict_text(conflict)
+        )?;
+    }
+    if plan.is_refused() {
+        writeln!(out, "\nRefused; nothing will be applied:")?;
+        for refusal in &plan.refusals {
+            writeln!(out, "  - {}", refusal.message)?;
+        }
+        for conflict in &plan.safety.conflicts {
+            writeln!(
+                out,
+                "  - unsafe sharing ({level}): {}",
+                conflict_text(conflict)
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn conflict_text(conflict: &Conflict) -> String {
+    let when = if conflict.from_step == 0 {
+        "now".to_owned()
+    } else {
+        format!("after step {}", conflict.from_step)
+    };
+    format!(
+        "{} and {} both use {} {when}; {}",
+        conflict.first, conflict.second, conflict.area, conflict.reason
+    )
+}
+
+fn describe(op: &Op) -> String {
+    let segments = |extents: &[crate::extent::SectorRange]| {
+        let mut count = 0;
+        let mut previous: Option<&crate::extent::SectorRange> = None;
+        for extent in extents {
+            if !previous.is_some_and(|p| p.device == extent.device && p.end() == extent.start) {
+                count += 1;
+            }
+            previous = Some(extent);
+        }
+        count
+    };
+    let plural = |n: usize, word: &str| {
+        if n == 1 {
+            format!("1 {word}")
+        } else {
+            format!("{n} {word}s")
+        }
+    };
+    match op {
+        Op::AddPoolDevice {
+            path,
+            device,
+            extent_size,
+            extents,
+            ..
+        } => {
+            format!(
+                "add {path} ({device}): {} of {extent_size}",
+                plural(*extents as usize, "extent")
+            )
+        }
+        Op::RemovePoolDevice { path, device, .. } => {
+            format!("remove {path} ({device}) from the pool")
+        }
+        Op::CreateVdisk {
+            pool,
+            size,
+            expiry,
+            extents,
+            ..
+        } => format!(
+            "create in pool {pool}: {size} ({} in {}), expires {expiry}",
+            plural(extents.len(), "extent"),
+            plural(segments(extents), "segment")
+        ),
+        Op::GrowVdisk {
+            from, to, extents, ..
+        } => {
+            format!("grow {from} -> {to} (+{})", plural(extents.len(), "extent"))
+        }
+        Op::SetExpiry { from, to, .. } => format!("set expiry {from} -> {to}"),
+        Op::DeleteVdisk { pool, size, .. } => {
+            format!("delete ({size} in pool {pool}; destroys its data)")
+        }
+        Op::Realise { .. } => "realise as a block device".to_owned(),
+        Op::Unrealise { .. } => "remove its block device".to_owned(),
+        Op::Attach {
+            domid,
+            vdev,
+            source,
+            mode,
+            ..
+        } => format!("attach {vdev}: {source}, {mode} (domid {domid})"),
+        Op::Detach {
+            domid,
+            vdev,
+            source,
+            ..
+        } => format!("detach {vdev}: {source} (domid {domid})"),
+    }
+}
+
+fn extents(op: &Op, out: &mut dyn Write) -> io::Result<()> {
+    if let Op::CreateVdisk { extents, .. } | Op::GrowVdisk { extents, .. } = op {
+        for extent in extents {
+            writeln!(out, "        extent {extent}")?;
+        }
+    }
+    Ok(())
+}
+
+/// The plan as a saved-plan document.
+pub fn json(plan: &Plan, fingerprint: &str, out: &mut dyn Write) -> io::Result<()> {
+    #[derive(Serialize)]
+    struct Document<'a> {
+        format_version: u32,
+        /// Of the actual state the plan was made from.
+        fingerprint: &'a str,
+        summary: Summary,
+        refused: bool,
+        #[serde(flatten)]
+        plan: &'a Plan,
+    }
+    let document = Document {
+        format_version: FORMAT_VERSION,
+        fingerprint,
+        summary: summary(plan),
+        refused: plan.is_refused(),
+        plan,
+    };
+    serde_json::to_writer_pretty(&mut *out, &document)?;
+    writeln!(out)
+}
