@@ -7,6 +7,7 @@
 //! (and the allocations new vdisks will get), [`graph`] orders them, and
 //! [`crate::safety`] checks every intermediate state.
 
+pub mod actual;
 mod diff;
 mod graph;
 mod resolve;
