@@ -26,6 +26,7 @@
 pub mod desired;
 pub mod diagnostic;
 pub mod extent;
+pub mod generate;
 pub mod observe;
 pub mod ops;
 pub mod plan;

@@ -18,6 +18,9 @@ struct Cli {
     /// The state DB [env: XENDISK_STATE] [default: /var/lib/xendisk/state.sqlite]
     #[arg(long, global = true, value_name = "PATH")]
     state: Option<PathBuf>,
+    /// Use this snapshot (`xendisk snapshot`) instead of observing the live host
+    #[arg(long, global = true, value_name = "FILE")]
+    snapshot: Option<PathBuf>,
     /// Read /proc, /sys and /dev under this directory instead of /
     #[arg(long, global = true, value_name = "DIR", default_value = "/")]
     host_root: PathBuf,
@@ -70,9 +73,6 @@ enum Command {
     Plan {
         /// The desired-state file.
         file: PathBuf,
-        /// Plan against a snapshot (`xendisk snapshot`) instead of the live host.
-        #[arg(long, value_name = "FILE")]
-        snapshot: Option<PathBuf>,
         /// Allow deleting vdisks, which destroys their data.
         #[arg(long)]
         allow_destroy: bool,
@@ -80,6 +80,25 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// Also save the plan as JSON, for `apply`.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Print the plan's operations and their order as a Graphviz graph.
+    Graph {
+        /// The desired-state file.
+        file: PathBuf,
+        /// Allow deleting vdisks, which destroys their data.
+        #[arg(long)]
+        allow_destroy: bool,
+    },
+    /// Show a unified diff from the actual state to the desired-state file.
+    Diff {
+        /// The desired-state file.
+        file: PathBuf,
+    },
+    /// Write the actual state as a desired-state file, to adopt a running host.
+    Generate {
+        /// Where to write it; standard output when absent.
         #[arg(long, short, value_name = "FILE")]
         output: Option<PathBuf>,
     },
@@ -148,6 +167,14 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli, console: &mut Console<'_>) -> anyhow::Result<Exit> {
     let state = state::resolve_path(cli.state);
+    let actual = || -> anyhow::Result<ops::ActualSource> {
+        Ok(ops::ActualSource {
+            state: state.clone(),
+            snapshot: cli.snapshot.clone(),
+            host_root: cli.host_root.clone(),
+            now: now()?,
+        })
+    };
     Ok(match cli.command {
         Command::Validate { files } => ops::validate(
             &ops::ValidateOptions {
@@ -178,7 +205,6 @@ fn run(cli: Cli, console: &mut Console<'_>) -> anyhow::Result<Exit> {
         )?,
         Command::Plan {
             file,
-            snapshot,
             allow_destroy,
             json,
             output,
@@ -186,18 +212,40 @@ fn run(cli: Cli, console: &mut Console<'_>) -> anyhow::Result<Exit> {
             let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
             let options = ops::PlanOptions {
                 file,
-                state,
-                snapshot,
-                host_root: cli.host_root,
+                actual: actual()?,
                 allow_destroy,
                 json,
                 output,
                 show_extents: cli.verbose,
                 colour,
-                now: now()?,
             };
             ops::plan(&options, console)?
         }
+        Command::Graph {
+            file,
+            allow_destroy,
+        } => ops::graph(
+            &ops::GraphOptions {
+                file,
+                actual: actual()?,
+                allow_destroy,
+            },
+            console,
+        )?,
+        Command::Diff { file } => ops::diff(
+            &ops::DiffOptions {
+                file,
+                actual: actual()?,
+            },
+            console,
+        )?,
+        Command::Generate { output } => ops::generate(
+            &ops::GenerateOptions {
+                actual: actual()?,
+                output,
+            },
+            console,
+        )?,
         Command::Sim {
             socket,
             seed,

@@ -246,3 +246,34 @@ pub fn json(plan: &Plan, fingerprint: &str, out: &mut dyn Write) -> io::Result<(
     serde_json::to_writer_pretty(&mut *out, &document)?;
     writeln!(out)
 }
+
+/// The operations and their order as a Graphviz graph: one node a step,
+/// an edge from each step to the steps that wait for it.
+pub fn dot(plan: &Plan, out: &mut dyn Write) -> io::Result<()> {
+    use petgraph::dot::{Config, Dot};
+    use petgraph::graph::DiGraph;
+    let mut graph: DiGraph<String, ()> = DiGraph::new();
+    let nodes: Vec<_> = plan
+        .steps
+        .iter()
+        .map(|step| {
+            graph.add_node(format!(
+                "[{}] {} {}: {}",
+                step.id,
+                step.op.symbol(),
+                step.op.resource(),
+                describe(&step.op)
+            ))
+        })
+        .collect();
+    for step in &plan.steps {
+        for dependency in &step.depends_on {
+            graph.add_edge(nodes[dependency - 1], nodes[step.id - 1], ());
+        }
+    }
+    writeln!(
+        out,
+        "{:?}",
+        Dot::with_config(&graph, &[Config::EdgeNoLabel])
+    )
+}

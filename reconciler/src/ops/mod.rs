@@ -13,9 +13,16 @@ use anyhow::Context;
 
 use crate::observe;
 use crate::render;
+
+mod plan;
+
 use crate::sim;
 use crate::state::{self, StateDb};
 use crate::vdev::{Vdev, VdevKind};
+pub use plan::{
+    ActualSource, DiffOptions, GenerateOptions, GraphOptions, PlanOptions, diff, generate, graph,
+    plan,
+};
 
 /// What a command tells the shell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -314,86 +321,4 @@ pub fn sim(options: &SimOptions, console: &mut Console<'_>) -> anyhow::Result<Ex
     )?;
     simulator.wait()?;
     Ok(Exit::Success)
-}
-
-/// `xendisk plan FILE`
-#[derive(Debug, Clone)]
-pub struct PlanOptions {
-    pub file: PathBuf,
-    pub state: PathBuf,
-    /// Plan against this snapshot instead of the live host.
-    pub snapshot: Option<PathBuf>,
-    pub host_root: PathBuf,
-    pub allow_destroy: bool,
-    pub json: bool,
-    /// Also save the plan as JSON here.
-    pub output: Option<PathBuf>,
-    pub show_extents: bool,
-    pub colour: bool,
-    pub now: jiff::Timestamp,
-}
-
-/// Plans and prints; exit 0 for no changes, 2 for changes, 3 when refused.
-pub fn plan(options: &PlanOptions, console: &mut Console<'_>) -> anyhow::Result<Exit> {
-    let db = StateDb::open_read_only(&options.state)?;
-    let state = db.snapshot(options.now)?;
-    let capacities: Capacities = state
-        .pools
-        .iter()
-        .flat_map(|pool| &pool.devices)
-        .map(|device| (device.path.clone(), Size::from_sectors(device.sectors)))
-        .collect();
-    let desired = match desired::load(&options.file, &capacities) {
-        Ok(desired) => desired,
-        Err(LoadError::Invalid(problems)) => {
-            console
-                .err
-                .write_all(problems.render(console.colour).as_bytes())?;
-            return Ok(Exit::Error);
-        }
-        Err(error) => return Err(error.into()),
-    };
-    let host = match &options.snapshot {
-        Some(path) => observe::snapshot::load(path)?,
-        None => observe::observe(&observe::ObserveOptions {
-            host_root: options.host_root.clone(),
-        })?,
-    };
-    let input = crate::plan::PlanInput {
-        desired: &desired,
-        state: &state,
-        host: &host,
-    };
-    let plan = crate::plan::plan(
-        &input,
-        crate::plan::PlanOptions {
-            allow_destroy: options.allow_destroy,
-        },
-    )?;
-    let fingerprint = crate::plan::fingerprint(&state, &host);
-    if options.json {
-        render::plan::json(&plan, &fingerprint, console.out)?;
-    } else {
-        let style = render::plan::TextStyle {
-            colour: options.colour,
-            extents: options.show_extents,
-        };
-        render::plan::text(&plan, style, console.out)?;
-    }
-    if let Some(path) = &options.output {
-        let mut text = Vec::new();
-        render::plan::json(&plan, &fingerprint, &mut text)?;
-        let temporary = path.with_extension("partial");
-        std::fs::write(&temporary, &text)
-            .with_context(|| format!("cannot write {}", temporary.display()))?;
-        std::fs::rename(&temporary, path)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    Ok(if plan.is_refused() {
-        Exit::Refused
-    } else if plan.is_empty() {
-        Exit::Success
-    } else {
-        Exit::Changes
-    })
 }

@@ -1,0 +1,85 @@
+//! The actual state written as a desired-state file: every pool and vdisk
+//! of the state DB, and every domain that has disks attached, with those
+//! disks. Planning the result against the same host changes nothing, which
+//! is how a running host is adopted. Pure: it reads only its inputs.
+
+use std::collections::BTreeMap;
+
+use crate::desired::{Desired, Disk, Domain, Pool, Scrub, Settings, Vdisk};
+use crate::observe::HostState;
+use crate::plan::actual;
+use crate::state::StateSnapshot;
+
+/// What `generate` produced, and what it had to leave out.
+pub struct Generated {
+    pub desired: Desired,
+    /// Attachments with no name a desired-state file can hold.
+    pub skipped: Vec<String>,
+}
+
+pub fn generate(state: &StateSnapshot, host: &HostState) -> Generated {
+    let mut desired = Desired {
+        settings: Settings::default(),
+        ..Desired::default()
+    };
+    for pool in &state.pools {
+        desired.pools.insert(
+            pool.name.clone(),
+            Pool {
+                extent_size: pool.extent_size,
+                devices: pool.devices.iter().map(|d| d.path.clone()).collect(),
+                scrub: Scrub::default(),
+            },
+        );
+    }
+    for vdisk in &state.vdisks {
+        desired.vdisks.insert(
+            vdisk.name.clone(),
+            Vdisk {
+                pool: vdisk.pool.clone(),
+                size: vdisk.size,
+                expires: vdisk.expiry,
+                prevent_destroy: false,
+            },
+        );
+    }
+    let names: BTreeMap<u32, &str> = host
+        .domains
+        .iter()
+        .map(|d| (d.domid, d.name.as_str()))
+        .collect();
+    let mut skipped = Vec::new();
+    for attachment in &host.attachments {
+        let Some(domain) = names.get(&attachment.domid).filter(|n| !n.is_empty()) else {
+            skipped.push(format!(
+                "device {} of domid {}: the domain has no name",
+                attachment.devid, attachment.domid
+            ));
+            continue;
+        };
+        let Some(vdev) = &attachment.vdev else {
+            skipped.push(format!(
+                "device {} of domain {domain}: the id is not a xen-vbd-interface(7) encoding",
+                attachment.devid
+            ));
+            continue;
+        };
+        let disk = Disk {
+            source: actual::attachment_source(attachment, state, host),
+            mode: actual::mode_of(&attachment.mode),
+        };
+        desired
+            .domains
+            .entry((*domain).to_owned())
+            .or_insert_with(Domain::default)
+            .disks
+            .insert(vdev.clone(), disk);
+    }
+    Generated { desired, skipped }
+}
+
+/// The file's text, with the schema line editors use.
+pub fn to_toml(desired: &Desired, header: &str) -> String {
+    let body = toml::to_string_pretty(desired).expect("a desired state always serialises");
+    format!("#:schema ../schemas/xendisk.schema.json\n# {header}\n\n{body}")
+}

@@ -1,0 +1,242 @@
+//! `plan`, `graph`, `diff` and `generate`: the commands that compare the
+//! desired state with the actual one.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use super::{Console, Exit};
+use crate::desired::{self, Capacities, Desired, LoadError, Size};
+use crate::observe::{self, HostState};
+use crate::render;
+use crate::state::{StateDb, StateSnapshot};
+
+/// Where the actual state comes from.
+#[derive(Debug, Clone)]
+pub struct ActualSource {
+    pub state: PathBuf,
+    /// A snapshot instead of the live host.
+    pub snapshot: Option<PathBuf>,
+    pub host_root: PathBuf,
+    pub now: jiff::Timestamp,
+}
+
+fn actual(source: &ActualSource) -> anyhow::Result<(StateSnapshot, HostState)> {
+    let state = StateDb::open_read_only(&source.state)?.snapshot(source.now)?;
+    let host = match &source.snapshot {
+        Some(path) => observe::snapshot::load(path)?,
+        None => observe::observe(&observe::ObserveOptions {
+            host_root: source.host_root.clone(),
+        })?,
+    };
+    Ok((state, host))
+}
+
+/// Loads a desired-state file, checking sizes against the pools the state
+/// DB knows; `None` after printing its problems.
+fn load_desired(
+    file: &std::path::Path,
+    state: &StateSnapshot,
+    console: &mut Console<'_>,
+) -> anyhow::Result<Option<Desired>> {
+    let capacities: Capacities = state
+        .pools
+        .iter()
+        .flat_map(|pool| &pool.devices)
+        .map(|device| (device.path.clone(), Size::from_sectors(device.sectors)))
+        .collect();
+    match desired::load(file, &capacities) {
+        Ok(desired) => Ok(Some(desired)),
+        Err(LoadError::Invalid(problems)) => {
+            console
+                .err
+                .write_all(problems.render(console.colour).as_bytes())?;
+            Ok(None)
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// `xendisk plan FILE`
+#[derive(Debug, Clone)]
+pub struct PlanOptions {
+    pub file: PathBuf,
+    pub actual: ActualSource,
+    pub allow_destroy: bool,
+    pub json: bool,
+    /// Also save the plan as JSON here.
+    pub output: Option<PathBuf>,
+    pub show_extents: bool,
+    pub colour: bool,
+}
+
+/// Makes the plan, or prints why not; `Err(exit)` carries the exit code.
+fn make_plan(
+    file: &std::path::Path,
+    actual_source: &ActualSource,
+    allow_destroy: bool,
+    console: &mut Console<'_>,
+) -> anyhow::Result<Result<(crate::plan::Plan, String), Exit>> {
+    let (state, host) = actual(actual_source)?;
+    let Some(desired) = load_desired(file, &state, console)? else {
+        return Ok(Err(Exit::Error));
+    };
+    let input = crate::plan::PlanInput {
+        desired: &desired,
+        state: &state,
+        host: &host,
+    };
+    let plan = crate::plan::plan(&input, crate::plan::PlanOptions { allow_destroy })?;
+    Ok(Ok((plan, crate::plan::fingerprint(&state, &host))))
+}
+
+/// Plans and prints; exit 0 for no changes, 2 for changes, 3 when refused.
+pub fn plan(options: &PlanOptions, console: &mut Console<'_>) -> anyhow::Result<Exit> {
+    let (plan, fingerprint) = match make_plan(
+        &options.file,
+        &options.actual,
+        options.allow_destroy,
+        console,
+    )? {
+        Ok(made) => made,
+        Err(exit) => return Ok(exit),
+    };
+    if options.json {
+        render::plan::json(&plan, &fingerprint, console.out)?;
+    } else {
+        let style = render::plan::TextStyle {
+            colour: options.colour,
+            extents: options.show_extents,
+        };
+        render::plan::text(&plan, style, console.out)?;
+    }
+    if let Some(path) = &options.output {
+        let mut text = Vec::new();
+        render::plan::json(&plan, &fingerprint, &mut text)?;
+        write_whole(path, &text)?;
+    }
+    Ok(if plan.is_refused() {
+        Exit::Refused
+    } else if plan.is_empty() {
+        Exit::Success
+    } else {
+        Exit::Changes
+    })
+}
+
+/// Writes a file whole: to a temporary name, then renamed over the target.
+fn write_whole(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let temporary = path.with_extension("partial");
+    std::fs::write(&temporary, bytes)
+        .with_context(|| format!("cannot write {}", temporary.display()))?;
+    std::fs::rename(&temporary, path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// `xendisk graph FILE`
+#[derive(Debug, Clone)]
+pub struct GraphOptions {
+    pub file: PathBuf,
+    pub actual: ActualSource,
+    pub allow_destroy: bool,
+}
+
+/// Prints the plan's operations and their order as Graphviz DOT.
+pub fn graph(options: &GraphOptions, console: &mut Console<'_>) -> anyhow::Result<Exit> {
+    let (plan, _) = match make_plan(
+        &options.file,
+        &options.actual,
+        options.allow_destroy,
+        console,
+    )? {
+        Ok(made) => made,
+        Err(exit) => return Ok(exit),
+    };
+    render::plan::dot(&plan, console.out)?;
+    Ok(Exit::Success)
+}
+
+/// `xendisk generate`
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    pub actual: ActualSource,
+    pub output: Option<PathBuf>,
+}
+
+/// Writes the actual state as a desired-state file.
+pub fn generate(options: &GenerateOptions, console: &mut Console<'_>) -> anyhow::Result<Exit> {
+    let (state, host) = actual(&options.actual)?;
+    let generated = crate::generate::generate(&state, &host);
+    for skipped in &generated.skipped {
+        writeln!(console.err, "warning: left out {skipped}")?;
+    }
+    let header = format!("Written by `xendisk generate` at {}.", options.actual.now);
+    let text = crate::generate::to_toml(&generated.desired, &header);
+    match &options.output {
+        None => console.out.write_all(text.as_bytes())?,
+        Some(path) => write_whole(path, text.as_bytes())?,
+    }
+    Ok(Exit::Success)
+}
+
+/// `xendisk diff FILE`
+#[derive(Debug, Clone)]
+pub struct DiffOptions {
+    pub file: PathBuf,
+    pub actual: ActualSource,
+}
+
+/// A unified diff from the actual state to the file, both written the way
+/// `generate` writes them, and limited to the domains the file manages.
+/// Exit 0 when they agree, 2 when they differ.
+pub fn diff(options: &DiffOptions, console: &mut Console<'_>) -> anyhow::Result<Exit> {
+    let (state, host) = actual(&options.actual)?;
+    let Some(desired) = load_desired(&options.file, &state, console)? else {
+        return Ok(Exit::Error);
+    };
+    let mut actual_desired = crate::generate::generate(&state, &host).desired;
+    // Settings, scrub policies and destroy protection are configuration the
+    // host does not record: take them from the file, so only state differs.
+    actual_desired.settings = desired.settings.clone();
+    for (name, pool) in &mut actual_desired.pools {
+        if let Some(declared) = desired.pools.get(name) {
+            pool.scrub = declared.scrub;
+        }
+    }
+    for (name, vdisk) in &mut actual_desired.vdisks {
+        if let Some(declared) = desired.vdisks.get(name) {
+            vdisk.prevent_destroy = declared.prevent_destroy;
+        }
+    }
+    actual_desired
+        .domains
+        .retain(|name, _| desired.domains.contains_key(name));
+    for (name, domain) in &desired.domains {
+        if host.domains.iter().any(|d| &d.name == name) {
+            actual_desired.domains.entry(name.clone()).or_default();
+        } else {
+            // Not running: nothing to compare it with; show it unchanged.
+            actual_desired.domains.insert(name.clone(), domain.clone());
+        }
+    }
+    let header = "normalised";
+    let before = crate::generate::to_toml(&actual_desired, header);
+    let after = crate::generate::to_toml(&desired, header);
+    if before == after {
+        writeln!(
+            console.out,
+            "No differences: the host matches {}.",
+            options.file.display()
+        )?;
+        return Ok(Exit::Success);
+    }
+    let diff = similar::TextDiff::from_lines(&before, &after);
+    let text = diff
+        .unified_diff()
+        .context_radius(3)
+        .header("actual", &options.file.display().to_string())
+        .to_string();
+    console.out.write_all(text.as_bytes())?;
+    Ok(Exit::Changes)
+}
