@@ -71,7 +71,7 @@ pub fn generate(state: &StateSnapshot, host: &HostState) -> Generated {
         desired
             .domains
             .entry((*domain).to_owned())
-            .or_insert_with(Domain::default)
+            .or_default()
             .disks
             .insert(vdev.clone(), disk);
     }
