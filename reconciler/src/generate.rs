@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::desired::{Desired, Disk, Domain, Pool, Scrub, Settings, Vdisk};
+use crate::desired::{Desired, Disk, Pool, Scrub, Settings, Vdisk};
 use crate::observe::HostState;
 use crate::plan::actual;
 use crate::state::StateSnapshot;
