@@ -81,7 +81,19 @@ impl<'de> Deserialize<'de> for DevNum {
 }
 
 /// A run of sectors on one device: `(device, start sector, sector count)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 pub struct SectorRange {
     pub device: DevNum,
     pub start: u64,

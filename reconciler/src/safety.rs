@@ -12,7 +12,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::Serialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use crate::desired::Sharing;
 use crate::plan::Area;
@@ -36,7 +37,7 @@ pub struct Holder {
 }
 
 /// Two holders sharing an area in a way the level forbids.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Conflict {
     pub first: String,
     pub second: String,
@@ -49,7 +50,7 @@ pub struct Conflict {
     pub reason: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SafetyReport {
     pub level: Sharing,
     pub holders: usize,

@@ -14,6 +14,11 @@ pub fn snapshot_schema() -> String {
     pretty(schemars::schema_for!(crate::observe::snapshot::Snapshot))
 }
 
+/// The saved plan's schema.
+pub fn plan_schema() -> String {
+    pretty(schemars::schema_for!(crate::render::plan::SavedPlan))
+}
+
 fn pretty(schema: schemars::Schema) -> String {
     let mut text = serde_json::to_string_pretty(&schema).expect("a schema is always valid JSON");
     text.push('\n');

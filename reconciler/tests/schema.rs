@@ -96,3 +96,45 @@ colour = "blue""#,
         assert!(!validator.is_valid(&document), "schema accepts:\n{bad}");
     }
 }
+
+#[test]
+fn committed_plan_schema_is_current() {
+    check_committed(
+        "plan.schema.json",
+        &xendisk::schema::plan_schema(),
+        "xendisk schema plan",
+    );
+}
+
+/// Every saved plan among the golden outputs is valid by the plan schema,
+/// and reads back into the same value.
+#[test]
+fn golden_plans_match_the_plan_schema() {
+    let schema: serde_json::Value = serde_json::from_str(&xendisk::schema::plan_schema()).unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden");
+    let mut checked = 0;
+    for entry in fs::read_dir(golden).unwrap() {
+        let stdout = fs::read_to_string(entry.unwrap().path().join("stdout")).unwrap_or_default();
+        // Plans printed with --json start a JSON document on their own line.
+        for document in stdout
+            .split("\n$ ")
+            .filter_map(|part| part.find("{\n  \"format_version\"").map(|i| &part[i..]))
+        {
+            let value: serde_json::Value = serde_json::from_str(document).unwrap();
+            if value.get("steps").is_none() {
+                continue; // a state or snapshot document
+            }
+            let errors: Vec<String> = validator
+                .iter_errors(&value)
+                .map(|e| e.to_string())
+                .collect();
+            assert!(errors.is_empty(), "{errors:#?}");
+            let plan: xendisk::render::plan::SavedPlan =
+                serde_json::from_value(value.clone()).unwrap();
+            assert_eq!(serde_json::to_value(&plan).unwrap(), value);
+            checked += 1;
+        }
+    }
+    assert!(checked >= 1, "no saved plan found among the golden outputs");
+}

@@ -172,6 +172,8 @@ pub enum SchemaFormat {
     Desired,
     /// Host snapshots (`xendisk snapshot`).
     Snapshot,
+    /// Saved plans (`xendisk plan --json`, `plan -o`).
+    Plan,
 }
 
 /// `xendisk schema`: prints the JSON Schema of a file format.
@@ -179,6 +181,7 @@ pub fn schema(format: SchemaFormat, console: &mut Console<'_>) -> io::Result<Exi
     let text = match format {
         SchemaFormat::Desired => crate::schema::desired_state_schema(),
         SchemaFormat::Snapshot => crate::schema::snapshot_schema(),
+        SchemaFormat::Plan => crate::schema::plan_schema(),
     };
     console.out.write_all(text.as_bytes())?;
     Ok(Exit::Success)

@@ -14,7 +14,8 @@ mod resolve;
 
 use std::fmt;
 
-use serde::Serialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use crate::desired::{Desired, Expiry, Mode, Sharing, Size, Source};
 use crate::extent::{DevNum, SectorRange};
@@ -39,7 +40,7 @@ pub struct PlanOptions {
 }
 
 /// One operation of a plan.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "op", rename_all = "kebab-case")]
 pub enum Op {
     /// Cut a device into extents of a pool.
@@ -159,7 +160,7 @@ impl fmt::Display for Resource {
 }
 
 /// An operation with its place in the plan.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Step {
     /// 1-based, in execution order.
     pub id: usize,
@@ -170,22 +171,22 @@ pub struct Step {
 }
 
 /// A declared domain that is not running: nothing is planned for it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Pending {
     pub domain: String,
     pub disks: usize,
 }
 
 /// Why a plan cannot be applied as it stands (exit code 3).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Refusal {
     /// Short kind: `destroy`, `prevent-destroy`, `shrink`, `pool-device-in-use`, ...
-    pub kind: &'static str,
+    pub kind: String,
     pub message: String,
 }
 
 /// The plan: steps in order, what was left pending, and the verdict.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Plan {
     pub steps: Vec<Step>,
     pub pending: Vec<Pending>,

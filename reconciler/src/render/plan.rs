@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::io::{self, Write};
 
 use anstyle::{AnsiColor, Style};
-use serde::Serialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use super::FORMAT_VERSION;
 use crate::plan::{Op, Plan, Resource, Step};
@@ -20,7 +21,7 @@ pub struct TextStyle {
 }
 
 /// Counts for the summary line.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Summary {
     pub add: usize,
     pub change: usize,
@@ -224,24 +225,29 @@ fn extents(op: &Op, out: &mut dyn Write) -> io::Result<()> {
     Ok(())
 }
 
+/// A saved plan: what `plan --json` prints and `plan -o` writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(title = "xendisk plan")]
+pub struct SavedPlan {
+    /// Version of this format.
+    pub format_version: u32,
+    /// Digest of the actual state (state DB and host) the plan was made from.
+    pub fingerprint: String,
+    pub summary: Summary,
+    /// Whether apply must refuse it.
+    pub refused: bool,
+    #[serde(flatten)]
+    pub plan: Plan,
+}
+
 /// The plan as a saved-plan document.
 pub fn json(plan: &Plan, fingerprint: &str, out: &mut dyn Write) -> io::Result<()> {
-    #[derive(Serialize)]
-    struct Document<'a> {
-        format_version: u32,
-        /// Of the actual state the plan was made from.
-        fingerprint: &'a str,
-        summary: Summary,
-        refused: bool,
-        #[serde(flatten)]
-        plan: &'a Plan,
-    }
-    let document = Document {
+    let document = SavedPlan {
         format_version: FORMAT_VERSION,
-        fingerprint,
+        fingerprint: fingerprint.to_owned(),
         summary: summary(plan),
         refused: plan.is_refused(),
-        plan,
+        plan: plan.clone(),
     };
     serde_json::to_writer_pretty(&mut *out, &document)?;
     writeln!(out)

@@ -87,7 +87,10 @@ impl Builder<'_> {
     }
 
     fn refuse(&mut self, kind: &'static str, message: String) {
-        self.diff.refusals.push(Refusal { kind, message });
+        self.diff.refusals.push(Refusal {
+            kind: kind.to_owned(),
+            message,
+        });
     }
 
     fn dom0_holders(&mut self) {
