@@ -3,8 +3,6 @@
 //! disks. Planning the result against the same host changes nothing, which
 //! is how a running host is adopted. Pure: it reads only its inputs.
 
-use std::collections::BTreeMap;
-
 use crate::desired::{Desired, Disk, Pool, Scrub, Settings, Vdisk};
 use crate::observe::HostState;
 use crate::plan::actual;
@@ -43,14 +41,13 @@ pub fn generate(state: &StateSnapshot, host: &HostState) -> Generated {
             },
         );
     }
-    let names: BTreeMap<u32, &str> = host
-        .domains
-        .iter()
-        .map(|d| (d.domid, d.name.as_str()))
-        .collect();
+    let index = actual::ActualIndex::new(state, host);
     let mut skipped = Vec::new();
     for attachment in &host.attachments {
-        let Some(domain) = names.get(&attachment.domid).filter(|n| !n.is_empty()) else {
+        let Some(domain) = index
+            .domain_name(attachment.domid)
+            .filter(|n| !n.is_empty())
+        else {
             skipped.push(format!(
                 "device {} of domid {}: the domain has no name",
                 attachment.devid, attachment.domid
@@ -65,12 +62,12 @@ pub fn generate(state: &StateSnapshot, host: &HostState) -> Generated {
             continue;
         };
         let disk = Disk {
-            source: actual::attachment_source(attachment, state, host),
+            source: index.source(attachment),
             mode: actual::mode_of(&attachment.mode),
         };
         desired
             .domains
-            .entry((*domain).to_owned())
+            .entry(domain.to_owned())
             .or_default()
             .disks
             .insert(vdev.clone(), disk);

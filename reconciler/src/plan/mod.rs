@@ -17,7 +17,7 @@ use std::fmt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::desired::{Desired, Expiry, Mode, Sharing, Size, Source};
+use crate::desired::{Desired, Expiry, Mode, Size, Source};
 use crate::extent::{DevNum, SectorRange};
 use crate::observe::HostState;
 use crate::safety::{self, SafetyReport};
@@ -242,26 +242,44 @@ pub enum PlanError {
     Cycle(String),
 }
 
+/// How long each stage of planning took, for the benchmark.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timings {
+    pub diff: std::time::Duration,
+    pub graph: std::time::Duration,
+    pub safety: std::time::Duration,
+}
+
 /// Makes the plan.
 pub fn plan(input: &PlanInput<'_>, options: PlanOptions) -> Result<Plan, PlanError> {
+    plan_timed(input, options).map(|(plan, _)| plan)
+}
+
+/// Makes the plan and says how long each stage took.
+pub fn plan_timed(
+    input: &PlanInput<'_>,
+    options: PlanOptions,
+) -> Result<(Plan, Timings), PlanError> {
+    let started = std::time::Instant::now();
     let diff = diff::diff(input, options)?;
+    let diffed = std::time::Instant::now();
     let order = graph::order(&diff.ops, &diff.edges)?;
+    let step_of: Vec<usize> = {
+        let mut step_of = vec![0; order.len()];
+        for (position, &index) in order.iter().enumerate() {
+            step_of[index] = position + 1;
+        }
+        step_of
+    };
+    let mut depends_on: Vec<Vec<usize>> = vec![Vec::new(); diff.ops.len()];
+    for &(from, to) in &diff.edges {
+        depends_on[to].push(step_of[from]);
+    }
     let steps: Vec<Step> = order
         .iter()
         .enumerate()
         .map(|(position, &index)| {
-            let mut depends_on: Vec<usize> = diff
-                .edges
-                .iter()
-                .filter(|(_, to)| *to == index)
-                .map(|(from, _)| {
-                    order
-                        .iter()
-                        .position(|o| o == from)
-                        .expect("every op is ordered")
-                        + 1
-                })
-                .collect();
+            let mut depends_on = std::mem::take(&mut depends_on[index]);
             depends_on.sort_unstable();
             depends_on.dedup();
             Step {
@@ -271,14 +289,23 @@ pub fn plan(input: &PlanInput<'_>, options: PlanOptions) -> Result<Plan, PlanErr
             }
         })
         .collect();
-    let sharing: Sharing = input.desired.settings.sharing;
-    let safety = safety::check(&diff.holders, &order, sharing);
-    Ok(Plan {
-        steps,
-        pending: diff.pending,
-        refusals: diff.refusals,
-        safety,
-    })
+    let ordered = std::time::Instant::now();
+    let safety = safety::check(&diff.holders, &order, input.desired.settings.sharing);
+    let checked = std::time::Instant::now();
+    let timings = Timings {
+        diff: diffed - started,
+        graph: ordered - diffed,
+        safety: checked - ordered,
+    };
+    Ok((
+        Plan {
+            steps,
+            pending: diff.pending,
+            refusals: diff.refusals,
+            safety,
+        },
+        timings,
+    ))
 }
 
 /// A digest of the actual state a plan starts from: apply compares it with

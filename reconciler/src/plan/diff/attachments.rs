@@ -112,6 +112,8 @@ impl Builder<'_> {
             source: self.actual_source(attachment).to_string(),
         });
         self.diff.holders[holder].removed_by = Some(op);
+        self.detaches
+            .insert((attachment.domid, attachment.devid), op);
         op
     }
 
@@ -151,12 +153,13 @@ impl Builder<'_> {
             let Source::Vdisk(vdisk) = self.actual_source(attachment) else {
                 continue;
             };
-            let detached = self.diff.ops.iter().any(|op| {
-                matches!(op, Op::Detach { domid, devid, .. } if *domid == attachment.domid && *devid == attachment.devid)
-            });
+            let detach = self
+                .detaches
+                .get(&(attachment.domid, attachment.devid))
+                .copied();
+            let detached = detach.is_some();
             if let Some(&delete) = self.deletes.get(&vdisk) {
-                if detached {
-                    let detach = self.detach_op(attachment);
+                if let Some(detach) = detach {
                     self.diff.edges.push((detach, delete));
                 } else {
                     let who = self.attachment_name(attachment);
@@ -171,7 +174,7 @@ impl Builder<'_> {
                     );
                 }
             }
-            if let Some(expired) = self.input.state.expired.iter().find(|v| v.name == vdisk)
+            if let Some(expired) = self.index.expired(&vdisk)
                 && !detached
             {
                 let who = self.attachment_name(attachment);
@@ -188,14 +191,6 @@ impl Builder<'_> {
                 );
             }
         }
-    }
-
-    fn detach_op(&self, attachment: &Attachment) -> usize {
-        self.diff
-            .ops
-            .iter()
-            .position(|op| matches!(op, Op::Detach { domid, devid, .. } if *domid == attachment.domid && *devid == attachment.devid))
-            .expect("checked by the caller")
     }
 
     /// Realise what is attached and not realised; unrealise what is deleted.
@@ -264,11 +259,11 @@ impl Builder<'_> {
     }
 
     fn is_realised(&self, vdisk: &str) -> bool {
-        actual::is_realised(vdisk, self.input.state, self.input.host)
+        self.index.is_realised(vdisk)
     }
 
     fn actual_source(&self, attachment: &Attachment) -> Source {
-        actual::attachment_source(attachment, self.input.state, self.input.host)
+        self.index.source(attachment)
     }
 
     fn actual_holder(&self, attachment: &Attachment) -> Holder {
@@ -276,15 +271,10 @@ impl Builder<'_> {
         let areas = match &source {
             Source::Vdisk(name) => {
                 let extents = self
-                    .input
-                    .state
-                    .vdisks
-                    .iter()
-                    .chain(&self.input.state.expired)
-                    .find(|v| &v.name == name)
-                    .map(|v| v.extents.clone())
-                    .unwrap_or_default();
-                self.resolver.extents(&extents)
+                    .index
+                    .vdisk(name)
+                    .map_or(&[][..], |v| v.extents.as_slice());
+                self.resolver.extents(extents)
             }
             Source::Phy(path) => attachment
                 .physical_device
@@ -307,12 +297,9 @@ impl Builder<'_> {
 
     pub(super) fn attachment_name(&self, attachment: &Attachment) -> String {
         let domain = self
-            .input
-            .host
-            .domains
-            .iter()
-            .find(|d| d.domid == attachment.domid)
-            .map_or_else(|| format!("domid {}", attachment.domid), |d| d.name.clone());
+            .index
+            .domain_name(attachment.domid)
+            .map_or_else(|| format!("domid {}", attachment.domid), str::to_owned);
         let vdev = attachment
             .vdev
             .clone()

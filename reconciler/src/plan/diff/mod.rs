@@ -3,7 +3,9 @@
 //! what is refused. One method per kind of resource, in the order they
 //! depend on each other: pool devices, vdisks, attachments, realisation.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use super::actual::ActualIndex;
 
 mod attachments;
 
@@ -36,6 +38,9 @@ struct PoolSpace {
 
 struct Builder<'a> {
     input: &'a PlanInput<'a>,
+    index: ActualIndex<'a>,
+    /// Detach operations by `(domid, devid)`.
+    detaches: HashMap<(u32, u32), usize>,
     options: PlanOptions,
     resolver: Resolver<'a>,
     diff: Diff,
@@ -51,6 +56,8 @@ struct Builder<'a> {
 pub(super) fn diff(input: &PlanInput<'_>, options: PlanOptions) -> Result<Diff, PlanError> {
     let mut builder = Builder {
         input,
+        index: ActualIndex::new(input.state, input.host),
+        detaches: HashMap::new(),
         options,
         resolver: Resolver::new(input.state, input.host),
         diff: Diff {
