@@ -38,6 +38,13 @@ impl Builder<'_> {
                 self.diff.holders.len() - 1,
             );
         }
+        let mut by_domain: BTreeMap<u32, BTreeMap<u32, &Attachment>> = BTreeMap::new();
+        for attachment in &host.attachments {
+            by_domain
+                .entry(attachment.domid)
+                .or_default()
+                .insert(attachment.devid, attachment);
+        }
         for (name, domain) in &self.input.desired.domains {
             let Some(&domid) = domid_of.get(name.as_str()) else {
                 self.diff.pending.push(Pending {
@@ -46,12 +53,7 @@ impl Builder<'_> {
                 });
                 continue;
             };
-            let actual: BTreeMap<u32, &Attachment> = host
-                .attachments
-                .iter()
-                .filter(|a| a.domid == domid)
-                .map(|a| (a.devid, a))
-                .collect();
+            let actual: BTreeMap<u32, &Attachment> = by_domain.remove(&domid).unwrap_or_default();
             let mut wanted = BTreeSet::new();
             for (vdev_text, disk) in &domain.disks {
                 // Validation has checked every vdev already.
