@@ -166,7 +166,7 @@ fn generate(scale: &Scale, dir: &Path) {
             domid,
             name: name.clone(),
         });
-        write!(desired, "[domains.{name}.disks]\n").unwrap();
+        writeln!(desired, "[domains.{name}.disks]").unwrap();
         for disk in 0..4u32 {
             let v = d * 4 + u64::from(disk);
             let vdev = ["xvda", "xvdb", "xvdc", "xvdd"][disk as usize];
