@@ -170,9 +170,9 @@ fn generate(scale: &Scale, dir: &Path) {
         for disk in 0..4u32 {
             let v = d * 4 + u64::from(disk);
             let vdev = ["xvda", "xvdb", "xvdc", "xvdd"][disk as usize];
-            write!(
+            writeln!(
                 desired,
-                "{vdev} = {{ source = \"vdisk:vd{v:06}\", mode = \"w\" }}\n"
+                "{vdev} = {{ source = \"vdisk:vd{v:06}\", mode = \"w\" }}"
             )
             .unwrap();
             if d % 100 != 0 {
