@@ -43,6 +43,7 @@ pub fn generate(state: &StateSnapshot, host: &HostState) -> Generated {
     }
     let index = actual::ActualIndex::new(state, host);
     let mut skipped = Vec::new();
+    let mut unexpressible = Vec::new();
     for attachment in &host.attachments {
         let Some(domain) = index
             .domain_name(attachment.domid)
@@ -55,10 +56,14 @@ pub fn generate(state: &StateSnapshot, host: &HostState) -> Generated {
             continue;
         };
         let Some(vdev) = &attachment.vdev else {
+            // Declaring the domain without this disk would plan its detach:
+            // the whole domain stays undeclared, so left alone.
             skipped.push(format!(
-                "device {} of domain {domain}: the id is not a xen-vbd-interface(7) encoding",
+                "domain {domain}: its device {} is not a xen-vbd-interface(7) encoding, so the domain \
+                 is left undeclared (and untouched by plans)",
                 attachment.devid
             ));
+            unexpressible.push(domain);
             continue;
         };
         let disk = Disk {
@@ -71,6 +76,9 @@ pub fn generate(state: &StateSnapshot, host: &HostState) -> Generated {
             .or_default()
             .disks
             .insert(vdev.clone(), disk);
+    }
+    for domain in unexpressible {
+        desired.domains.remove(domain);
     }
     Generated { desired, skipped }
 }

@@ -40,6 +40,12 @@ struct Outcome {
 fn run_case(dir: &Path) -> Outcome {
     let cmd = fs::read_to_string(dir.join("cmd")).expect("every case has a cmd file");
     let commands: Vec<&str> = cmd.lines().filter(|l| !l.trim().is_empty()).collect();
+    run_commands(dir, &commands)
+}
+
+/// Runs commands in a scratch copy of a case, with its simulated xenstored
+/// and state DB.
+fn run_commands(dir: &Path, commands: &[&str]) -> Outcome {
     let scratch = tempfile::tempdir().expect("a scratch directory");
     copy_dir(dir, scratch.path());
     let socket = scratch.path().join("xenstored.socket");
@@ -61,7 +67,7 @@ fn run_case(dir: &Path) -> Outcome {
     };
     let repo = fs::canonicalize(Path::new(env!("CARGO_MANIFEST_DIR")).join("..")).unwrap();
     let repo = repo.to_string_lossy();
-    for line in &commands {
+    for line in commands {
         let args = shell_words::split(&line.replace("$REPO", &repo)).expect("cmd is shell-quoted");
         let output = Command::new(env!("CARGO_BIN_EXE_xendisk"))
             .args(&args)
@@ -228,4 +234,47 @@ fn golden_cases() {
         cases.len(),
         failures.join("\n")
     );
+}
+
+/// Every host a case sets up (its xenstore and state DB, and the host root
+/// its command names) can be adopted: `generate` writes a file that plans
+/// to no changes against that same host.
+#[test]
+fn every_host_fixture_is_adopted_without_changes() {
+    // Hosts that cannot be described as they stand, and why.
+    let unadoptable = [(
+        "plan-expired-vdisk-still-attached",
+        "an attached vdisk has expired: no file can declare it as it is",
+    )];
+    let mut adopted = 0;
+    for entry in fs::read_dir(golden_root()).unwrap() {
+        let dir = entry.unwrap().path();
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        if !dir.join("xenstore.dump").exists() || unadoptable.iter().any(|(case, _)| *case == name)
+        {
+            continue;
+        }
+        let cmd = fs::read_to_string(dir.join("cmd")).unwrap();
+        let words = shell_words::split(cmd.lines().next().unwrap()).unwrap();
+        let host_root = words
+            .windows(2)
+            .find(|w| w[0] == "--host-root")
+            .map(|w| format!(" --host-root {}", w[1]))
+            .unwrap_or_default();
+        let generate = format!("generate -o generated.toml{host_root}");
+        let plan = format!("plan generated.toml{host_root}");
+        let outcome = run_commands(&dir, &[&generate, &plan]);
+        assert_eq!(
+            outcome.exit_code, "0\n0\n",
+            "{name}:\n{}{}",
+            outcome.stdout, outcome.stderr
+        );
+        assert!(
+            outcome.stdout.contains("No changes"),
+            "{name}:\n{}",
+            outcome.stdout
+        );
+        adopted += 1;
+    }
+    assert!(adopted >= 20, "only {adopted} host fixtures were adopted");
 }
