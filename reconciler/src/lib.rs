@@ -36,4 +36,5 @@ pub mod schema;
 pub mod sim;
 pub mod state;
 pub mod vdev;
+pub mod xs_client;
 pub mod xs_wire;

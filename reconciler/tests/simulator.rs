@@ -405,3 +405,80 @@ fn errors_are_errno_names() {
         b"Domain-0"
     );
 }
+
+/// The project's own client (transactions, paged listings) against the simulator.
+mod own_client {
+    use super::*;
+    use xendisk::xs_client::XsClient;
+
+    /// The client finds xenstored through XENSTORED_PATH: the checks run in
+    /// a child process, so that this test leaves the others' environment alone.
+    #[test]
+    fn transactions_retry_after_eagain_and_listings_page() {
+        if std::env::var_os("XENDISK_OWN_CLIENT_CHILD").is_none() {
+            let mut store = Store::default();
+            for domid in 0..2000 {
+                store
+                    .write(&format!("/local/domain/{domid}/name"), b"g")
+                    .unwrap();
+            }
+            let faults = Faults {
+                eagain_commits: BTreeSet::from([1, 2, 3]),
+                ..Faults::default()
+            };
+            let (_dir, simulator) = start(store, GuestPolicy::default(), faults);
+            let child = Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "own_client::transactions_retry_after_eagain_and_listings_page",
+                ])
+                .env("XENDISK_OWN_CLIENT_CHILD", "1")
+                .env("XENSTORED_PATH", simulator.socket())
+                .output()
+                .unwrap();
+            assert!(
+                child.status.success(),
+                "{}",
+                String::from_utf8_lossy(&child.stdout)
+            );
+            assert_eq!(
+                simulator
+                    .store()
+                    .read("/local/domain/7/device/vbd/51712/state")
+                    .unwrap(),
+                b"1"
+            );
+            assert_eq!(
+                simulator
+                    .store()
+                    .read("/local/domain/0/backend/vbd/7/51712/state")
+                    .unwrap(),
+                b"1"
+            );
+            return;
+        }
+        let simulator_socket = std::env::var("XENSTORED_PATH").unwrap();
+        assert!(Path::new(&simulator_socket).exists());
+        let mut client = XsClient::connect().unwrap();
+        let names = client.directory(0, "/local/domain").unwrap().unwrap();
+        assert_eq!(names.len(), 2000);
+        let mut attempts = 0;
+        client
+            .transaction("attach", |client, tx| {
+                attempts += 1;
+                client.write(tx, "/local/domain/0/backend/vbd/7/51712/state", "1")?;
+                client.write(tx, "/local/domain/7/device/vbd/51712/state", "1")
+            })
+            .unwrap();
+        assert_eq!(attempts, 4, "three injected EAGAINs, then a commit");
+        assert_eq!(
+            client
+                .read(0, "/local/domain/7/device/vbd/51712/state")
+                .unwrap()
+                .as_deref(),
+            Some("1")
+        );
+        assert_eq!(client.read(0, "/nothing/here").unwrap(), None);
+        client.rm(0, "/nothing/here").unwrap();
+    }
+}

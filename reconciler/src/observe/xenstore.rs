@@ -8,9 +8,7 @@
 //! when it detaches. Round trips are counted and logged at debug level.
 
 use std::cell::Cell;
-use std::fs::File;
-use std::io::{self, Write};
-use std::os::unix::net::UnixStream;
+use std::io;
 
 use xenstore_rs::Xs;
 use xenstore_rs::unix::XsUnix;
@@ -18,10 +16,8 @@ use xenstore_rs::unix::XsUnix;
 use super::{Attachment, Domain};
 use crate::extent::DevNum;
 use crate::vdev::Vdev;
-use crate::xs_wire::{Message, MessageType};
+use crate::xs_client::{XENBUS_DEVICE, XsClient, XsError, socket_path};
 
-const DEFAULT_SOCKET: &str = "/run/xenstored/socket";
-const XENBUS_DEVICE: &str = "/dev/xen/xenbus";
 /// Backend kinds that serve block devices.
 const BLOCK_BACKENDS: [&str; 3] = ["vbd", "qdisk", "vbd3"];
 
@@ -39,11 +35,6 @@ pub enum XenstoreError {
         path: String,
         source: io::Error,
     },
-}
-
-/// Where the client will look for xenstored, for messages and DIRECTORY_PART.
-fn socket_path() -> String {
-    std::env::var("XENSTORED_PATH").unwrap_or_else(|_| DEFAULT_SOCKET.to_owned())
 }
 
 struct Reader {
@@ -80,96 +71,23 @@ impl Reader {
         }
     }
 
-    /// DIRECTORY_PART, as libxenstore does it: from offset 0, asking again
-    /// from what was received until the reply ends the list with a double
-    /// NUL, and starting over if the node's generation changed meanwhile.
+    /// The client does not page long listings: our own client does, on a
+    /// second connection, as libxenstore would.
     fn directory_parts(&self, path: &str) -> Result<Vec<String>, XenstoreError> {
-        let error = |source| XenstoreError::Request {
+        let request_error = |source: XsError| XenstoreError::Request {
+            operation: "DIRECTORY_PART",
+            path: path.to_owned(),
+            source: io::Error::other(source.to_string()),
+        };
+        let mut client = XsClient::connect().map_err(|source| XenstoreError::Request {
             operation: "DIRECTORY_PART",
             path: path.to_owned(),
             source,
-        };
-        let mut connection = connect_raw().map_err(error)?;
-        'again: loop {
-            let mut list: Vec<u8> = Vec::new();
-            let mut generation: Option<Vec<u8>> = None;
-            loop {
-                self.round_trips.set(self.round_trips.get() + 1);
-                let offset = list.len().to_string();
-                let mut payload = Vec::new();
-                for part in [path.as_bytes(), offset.as_bytes()] {
-                    payload.extend_from_slice(part);
-                    payload.push(0);
-                }
-                let reply = request(
-                    &mut connection,
-                    Message::new(MessageType::DirectoryPart, 1, 0, payload),
-                )
-                .map_err(error)?;
-                let split = reply.iter().position(|b| *b == 0).unwrap_or(reply.len());
-                let (this_generation, part) = (
-                    reply[..split].to_vec(),
-                    reply.get(split + 1..).unwrap_or_default(),
-                );
-                if generation.as_ref().is_some_and(|g| *g != this_generation) {
-                    continue 'again;
-                }
-                generation = Some(this_generation);
-                list.extend_from_slice(part);
-                // The list ends where a reply added an empty name.
-                if list.len() <= 1 || list[list.len() - 2] == 0 {
-                    let names = list.split(|b| *b == 0).filter(|n| !n.is_empty());
-                    return Ok(names
-                        .map(|n| String::from_utf8_lossy(n).into_owned())
-                        .collect());
-                }
-            }
-        }
+        })?;
+        self.round_trips.set(self.round_trips.get() + 1);
+        let names = client.directory(0, path).map_err(request_error)?;
+        Ok(names.unwrap_or_default())
     }
-}
-
-/// A connection of our own, for the one request the client lacks.
-enum Raw {
-    Socket(UnixStream),
-    Device(File),
-}
-
-fn connect_raw() -> io::Result<Raw> {
-    match UnixStream::connect(socket_path()) {
-        Ok(stream) => Ok(Raw::Socket(stream)),
-        Err(_) => File::options()
-            .read(true)
-            .write(true)
-            .open(XENBUS_DEVICE)
-            .map(Raw::Device),
-    }
-}
-
-fn request(connection: &mut Raw, message: Message) -> io::Result<Vec<u8>> {
-    let reply = match connection {
-        Raw::Socket(stream) => {
-            message.write_to(stream)?;
-            Message::read_from(stream)?
-        }
-        Raw::Device(file) => {
-            message.write_to(file)?;
-            file.flush()?;
-            Message::read_from(file)?
-        }
-    };
-    let reply = reply.ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "xenstored closed the connection",
-        )
-    })?;
-    if reply.message_type() == Some(MessageType::Error) {
-        let name =
-            String::from_utf8_lossy(reply.payload.strip_suffix(b"\0").unwrap_or(&reply.payload))
-                .into_owned();
-        return Err(io::Error::other(format!("xenstored answered {name}")));
-    }
-    Ok(reply.payload)
 }
 
 /// What xenstore says, and what reading it cost.

@@ -1,0 +1,270 @@
+//! A small xenstore client for what the xenstore-rs 0.8 client does not do:
+//! transactions (apply writes an attachment's nodes in one) and paged
+//! listings (DIRECTORY_PART, for directories past the 4096-byte payload).
+//! It speaks the same wire format through [`crate::xs_wire`], on its own
+//! connection to the same place (`XENSTORED_PATH`, else
+//! `/run/xenstored/socket`, else `/dev/xen/xenbus`).
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::net::UnixStream;
+
+use crate::xs_wire::{Message, MessageType, nul_terminated};
+
+pub const DEFAULT_SOCKET: &str = "/run/xenstored/socket";
+pub const XENBUS_DEVICE: &str = "/dev/xen/xenbus";
+
+/// How often a transaction is tried again after EAGAIN before giving up.
+const TRANSACTION_ATTEMPTS: usize = 50;
+
+/// Where clients look for xenstored.
+pub fn socket_path() -> String {
+    std::env::var("XENSTORED_PATH").unwrap_or_else(|_| DEFAULT_SOCKET.to_owned())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum XsError {
+    /// xenstored answered with an error (`ENOENT`, `EAGAIN`, ...).
+    #[error("xenstored answered {errno} to {operation} {path}")]
+    Errno {
+        errno: String,
+        operation: &'static str,
+        path: String,
+    },
+    #[error("xenstore connection failed during {operation} {path}: {source}")]
+    Io {
+        operation: &'static str,
+        path: String,
+        source: io::Error,
+    },
+    #[error(
+        "a xenstore transaction failed with EAGAIN {attempts} times in a row ({what}); xenstore is too busy, try again"
+    )]
+    Busy { attempts: usize, what: String },
+}
+
+impl XsError {
+    pub fn is_errno(&self, name: &str) -> bool {
+        matches!(self, XsError::Errno { errno, .. } if errno == name)
+    }
+}
+
+enum Connection {
+    Socket(UnixStream),
+    Device(File),
+}
+
+pub struct XsClient {
+    connection: Connection,
+    next_request: u32,
+}
+
+/// A transaction id; 0 is "no transaction".
+pub type Tx = u32;
+
+impl XsClient {
+    pub fn connect() -> io::Result<XsClient> {
+        let socket = socket_path();
+        let connection = match UnixStream::connect(&socket) {
+            Ok(stream) => Connection::Socket(stream),
+            Err(socket_error) => match File::options().read(true).write(true).open(XENBUS_DEVICE) {
+                Ok(device) => Connection::Device(device),
+                Err(_) => {
+                    return Err(io::Error::new(
+                        socket_error.kind(),
+                        format!(
+                            "tried the socket {socket} ({socket_error}) and the device {XENBUS_DEVICE}"
+                        ),
+                    ));
+                }
+            },
+        };
+        Ok(XsClient {
+            connection,
+            next_request: 1,
+        })
+    }
+
+    fn request(
+        &mut self,
+        kind: MessageType,
+        tx: Tx,
+        payload: Vec<u8>,
+        path: &str,
+    ) -> Result<Vec<u8>, XsError> {
+        let operation = operation_name(kind);
+        let io_error = |source| XsError::Io {
+            operation,
+            path: path.to_owned(),
+            source,
+        };
+        let id = self.next_request;
+        self.next_request = self.next_request.wrapping_add(1);
+        let message = Message::new(kind, id, tx, payload);
+        let reply = loop {
+            let reply = match &mut self.connection {
+                Connection::Socket(stream) => {
+                    message.write_to(stream).map_err(io_error)?;
+                    Message::read_from(stream).map_err(io_error)?
+                }
+                Connection::Device(file) => {
+                    message.write_to(file).map_err(io_error)?;
+                    file.flush().map_err(io_error)?;
+                    Message::read_from(file).map_err(io_error)?
+                }
+            };
+            let reply = reply.ok_or_else(|| {
+                io_error(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "xenstored closed the connection",
+                ))
+            })?;
+            // Watch events are not ours to handle here; this client sets none.
+            if reply.message_type() != Some(MessageType::WatchEvent) {
+                break reply;
+            }
+        };
+        if reply.message_type() == Some(MessageType::Error) {
+            let errno = String::from_utf8_lossy(
+                reply.payload.strip_suffix(b"\0").unwrap_or(&reply.payload),
+            )
+            .into_owned();
+            return Err(XsError::Errno {
+                errno,
+                operation,
+                path: path.to_owned(),
+            });
+        }
+        Ok(reply.payload)
+    }
+
+    /// A node's value, `None` if it does not exist.
+    pub fn read(&mut self, tx: Tx, path: &str) -> Result<Option<String>, XsError> {
+        match self.request(
+            MessageType::Read,
+            tx,
+            nul_terminated([path.as_bytes()]),
+            path,
+        ) {
+            Ok(value) => Ok(Some(String::from_utf8_lossy(&value).into_owned())),
+            Err(e) if e.is_errno("ENOENT") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn write(&mut self, tx: Tx, path: &str, value: &str) -> Result<(), XsError> {
+        let mut payload = nul_terminated([path.as_bytes()]);
+        payload.extend_from_slice(value.as_bytes());
+        self.request(MessageType::Write, tx, payload, path)
+            .map(|_| ())
+    }
+
+    /// Removes a node and its children; fine if it is already gone.
+    pub fn rm(&mut self, tx: Tx, path: &str) -> Result<(), XsError> {
+        match self.request(MessageType::Rm, tx, nul_terminated([path.as_bytes()]), path) {
+            Err(e) if e.is_errno("ENOENT") => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+
+    /// A node's children, `None` if it does not exist; long listings are
+    /// paged with DIRECTORY_PART as libxenstore does.
+    pub fn directory(&mut self, tx: Tx, path: &str) -> Result<Option<Vec<String>>, XsError> {
+        match self.request(
+            MessageType::Directory,
+            tx,
+            nul_terminated([path.as_bytes()]),
+            path,
+        ) {
+            Ok(list) => Ok(Some(split_names(&list))),
+            Err(e) if e.is_errno("ENOENT") => Ok(None),
+            Err(e) if e.is_errno("E2BIG") => self.directory_parts(tx, path).map(Some),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// From offset 0, asking again from what was received until a reply
+    /// ends the list with an empty name; starting over if the node's
+    /// generation changed meanwhile.
+    fn directory_parts(&mut self, tx: Tx, path: &str) -> Result<Vec<String>, XsError> {
+        'again: loop {
+            let mut list: Vec<u8> = Vec::new();
+            let mut generation: Option<Vec<u8>> = None;
+            loop {
+                let offset = list.len().to_string();
+                let payload = nul_terminated([path.as_bytes(), offset.as_bytes()]);
+                let reply = self.request(MessageType::DirectoryPart, tx, payload, path)?;
+                let split = reply.iter().position(|b| *b == 0).unwrap_or(reply.len());
+                let this_generation = reply[..split].to_vec();
+                if generation.as_ref().is_some_and(|g| *g != this_generation) {
+                    continue 'again;
+                }
+                generation = Some(this_generation);
+                list.extend_from_slice(reply.get(split + 1..).unwrap_or_default());
+                if list.len() <= 1 || list[list.len() - 2] == 0 {
+                    return Ok(split_names(&list));
+                }
+            }
+        }
+    }
+
+    /// Runs `body` in a transaction and commits it, starting again on EAGAIN.
+    pub fn transaction<T>(
+        &mut self,
+        what: &str,
+        mut body: impl FnMut(&mut XsClient, Tx) -> Result<T, XsError>,
+    ) -> Result<T, XsError> {
+        for _ in 0..TRANSACTION_ATTEMPTS {
+            let reply = self.request(MessageType::TransactionStart, 0, vec![0], what)?;
+            let tx: Tx = String::from_utf8_lossy(reply.strip_suffix(b"\0").unwrap_or(&reply))
+                .parse()
+                .unwrap_or(0);
+            let value = match body(self, tx) {
+                Ok(value) => value,
+                Err(error) => {
+                    let _ = self.request(
+                        MessageType::TransactionEnd,
+                        tx,
+                        nul_terminated([&b"F"[..]]),
+                        what,
+                    );
+                    return Err(error);
+                }
+            };
+            match self.request(
+                MessageType::TransactionEnd,
+                tx,
+                nul_terminated([&b"T"[..]]),
+                what,
+            ) {
+                Ok(_) => return Ok(value),
+                Err(e) if e.is_errno("EAGAIN") => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(XsError::Busy {
+            attempts: TRANSACTION_ATTEMPTS,
+            what: what.to_owned(),
+        })
+    }
+}
+
+fn split_names(list: &[u8]) -> Vec<String> {
+    list.split(|b| *b == 0)
+        .filter(|n| !n.is_empty())
+        .map(|n| String::from_utf8_lossy(n).into_owned())
+        .collect()
+}
+
+fn operation_name(kind: MessageType) -> &'static str {
+    match kind {
+        MessageType::Read => "READ",
+        MessageType::Write => "WRITE",
+        MessageType::Rm => "RM",
+        MessageType::Directory => "DIRECTORY",
+        MessageType::DirectoryPart => "DIRECTORY_PART",
+        MessageType::TransactionStart => "TRANSACTION_START",
+        MessageType::TransactionEnd => "TRANSACTION_END",
+        _ => "request",
+    }
+}
