@@ -23,6 +23,7 @@
 //! - [`schema`]: JSON Schemas generated from the types.
 //! - [`ops`]: the commands as functions, called by the thin `main.rs`.
 
+pub mod apply;
 pub mod desired;
 pub mod diagnostic;
 pub mod extent;

@@ -68,6 +68,9 @@ enum Command {
         /// Also verify the DB: SQLite's integrity check and xendisk's invariants.
         #[arg(long)]
         check: bool,
+        /// Show the apply history (the journal) instead.
+        #[arg(long)]
+        runs: bool,
     },
     /// Show what apply would change, in order, and whether it is safe.
     Plan {
@@ -82,6 +85,29 @@ enum Command {
         /// Also save the plan as JSON, for `apply`.
         #[arg(long, short, value_name = "FILE")]
         output: Option<PathBuf>,
+    },
+    /// Carry out a plan: from a desired-state file (planned now) or a saved plan.
+    Apply {
+        /// A desired-state file, or a plan saved with `plan -o` (refused if the host changed since).
+        file: PathBuf,
+        /// Apply without asking (required when not on a terminal).
+        #[arg(long)]
+        yes: bool,
+        /// Allow deleting vdisks, which destroys their data.
+        #[arg(long)]
+        allow_destroy: bool,
+        /// Seconds to wait for another apply to finish.
+        #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+        lock_timeout: u64,
+        /// Seconds a guest gets to release a disk being detached (xenstore toolstack).
+        #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+        release_timeout: u64,
+        /// Detach without waiting for the guest to release the disk.
+        #[arg(long)]
+        force_detach: bool,
+        /// Create no block devices: for a simulated host, where vdisks are attached by path.
+        #[arg(long)]
+        no_devices: bool,
     },
     /// Print the plan's operations and their order as a Graphviz graph.
     Graph {
@@ -194,11 +220,12 @@ fn run(cli: Cli, console: &mut Console<'_>) -> anyhow::Result<Exit> {
             };
             ops::snapshot(&options, console)?
         }
-        Command::State { json, check } => ops::state(
+        Command::State { json, check, runs } => ops::state(
             &ops::StateOptions {
                 state,
                 json,
                 check,
+                runs,
                 now: now()?,
             },
             console,
@@ -220,6 +247,29 @@ fn run(cli: Cli, console: &mut Console<'_>) -> anyhow::Result<Exit> {
                 colour,
             };
             ops::plan(&options, console)?
+        }
+        Command::Apply {
+            file,
+            yes,
+            allow_destroy,
+            lock_timeout,
+            release_timeout,
+            force_detach,
+            no_devices,
+        } => {
+            let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            let options = ops::ApplyOptions {
+                file,
+                actual: actual()?,
+                yes,
+                allow_destroy,
+                lock_timeout: Duration::from_secs(lock_timeout),
+                release_timeout: Duration::from_secs(release_timeout),
+                force_detach,
+                no_devices,
+                colour,
+            };
+            ops::apply(&options, console)?
         }
         Command::Graph {
             file,

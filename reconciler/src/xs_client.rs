@@ -159,6 +159,13 @@ impl XsClient {
             .map(|_| ())
     }
 
+    /// Sets a node's permissions: the first names the owner (`n0`, `b3`, ...).
+    pub fn set_perms(&mut self, tx: Tx, path: &str, perms: &[String]) -> Result<(), XsError> {
+        let parts = std::iter::once(path.as_bytes()).chain(perms.iter().map(|p| p.as_bytes()));
+        self.request(MessageType::SetPerms, tx, nul_terminated(parts), path)
+            .map(|_| ())
+    }
+
     /// Removes a node and its children; fine if it is already gone.
     pub fn rm(&mut self, tx: Tx, path: &str) -> Result<(), XsError> {
         match self.request(MessageType::Rm, tx, nul_terminated([path.as_bytes()]), path) {
@@ -265,6 +272,7 @@ fn operation_name(kind: MessageType) -> &'static str {
         MessageType::DirectoryPart => "DIRECTORY_PART",
         MessageType::TransactionStart => "TRANSACTION_START",
         MessageType::TransactionEnd => "TRANSACTION_END",
+        MessageType::SetPerms => "SET_PERMS",
         _ => "request",
     }
 }

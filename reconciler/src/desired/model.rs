@@ -38,7 +38,7 @@ pub struct Desired {
 }
 
 /// Host-wide settings.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// How much sharing of a disk area between holders is tolerated:

@@ -14,7 +14,10 @@ use anyhow::Context;
 use crate::observe;
 use crate::render;
 
+mod apply;
 mod plan;
+
+pub use apply::{ApplyOptions, apply};
 
 use crate::sim;
 use crate::state::{self, StateDb};
@@ -231,12 +234,24 @@ pub struct StateOptions {
     pub json: bool,
     /// Also run the integrity check and the invariants.
     pub check: bool,
+    /// Show the apply journal instead.
+    pub runs: bool,
     pub now: jiff::Timestamp,
 }
 
 /// Prints the state DB; with `check`, verifies it and fails on any problem.
 pub fn state(options: &StateOptions, console: &mut Console<'_>) -> anyhow::Result<Exit> {
     let db = StateDb::open_read_only(&options.state)?;
+    if options.runs {
+        let runs = db.runs(20)?;
+        if options.json {
+            serde_json::to_writer_pretty(&mut *console.out, &runs)?;
+            writeln!(console.out)?;
+        } else {
+            render::runs_text(&runs, console.out)?;
+        }
+        return Ok(Exit::Success);
+    }
     let snapshot = db.snapshot(options.now)?;
     if options.json {
         render::state_json(&snapshot, console.out)?;

@@ -21,7 +21,7 @@ pub struct ActualSource {
     pub now: jiff::Timestamp,
 }
 
-fn actual(source: &ActualSource) -> anyhow::Result<(StateSnapshot, HostState)> {
+pub(super) fn actual(source: &ActualSource) -> anyhow::Result<(StateSnapshot, HostState)> {
     let state = StateDb::open_read_only(&source.state)?.snapshot(source.now)?;
     let host = match &source.snapshot {
         Some(path) => observe::snapshot::load(path)?,
@@ -34,7 +34,7 @@ fn actual(source: &ActualSource) -> anyhow::Result<(StateSnapshot, HostState)> {
 
 /// Loads a desired-state file, checking sizes against the pools the state
 /// DB knows; `None` after printing its problems.
-fn load_desired(
+pub(super) fn load_desired(
     file: &std::path::Path,
     state: &StateSnapshot,
     console: &mut Console<'_>,

@@ -105,6 +105,17 @@ impl<'a> ActualIndex<'a> {
         Source::File(normalise(path))
     }
 
+    /// The block device a realised vdisk has now, if any.
+    pub fn device_of(&self, vdisk: &str) -> Option<String> {
+        if self.mapped.contains(vdisk) {
+            return Some(format!("/dev/mapper/{}", dm_name(vdisk)));
+        }
+        self.loops
+            .iter()
+            .find(|(_, v)| **v == vdisk)
+            .map(|(device, _)| device.clone())
+    }
+
     /// Whether a vdisk has its block device already.
     pub fn is_realised(&self, vdisk: &str) -> bool {
         self.mapped.contains(vdisk) || self.loops.values().any(|v| *v == vdisk)

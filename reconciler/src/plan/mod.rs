@@ -188,6 +188,8 @@ pub struct Refusal {
 /// The plan: steps in order, what was left pending, and the verdict.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Plan {
+    /// The desired file's settings, which say how apply carries it out.
+    pub settings: crate::desired::Settings,
     pub steps: Vec<Step>,
     pub pending: Vec<Pending>,
     pub refusals: Vec<Refusal>,
@@ -299,6 +301,7 @@ pub fn plan_timed(
     };
     Ok((
         Plan {
+            settings: input.desired.settings.clone(),
             steps,
             pending: diff.pending,
             refusals: diff.refusals,

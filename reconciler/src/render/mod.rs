@@ -88,6 +88,34 @@ pub fn state_text(snapshot: &StateSnapshot, out: &mut dyn Write) -> io::Result<(
     table.flush()
 }
 
+/// The apply journal for a person: each run, newest first, with its steps.
+pub fn runs_text(runs: &[crate::state::RunRecord], out: &mut dyn Write) -> io::Result<()> {
+    if runs.is_empty() {
+        return writeln!(out, "No apply has run against this state DB.");
+    }
+    for run in runs {
+        let finished = run
+            .finished_at
+            .map_or_else(|| "not finished".to_owned(), |t| t.to_string());
+        writeln!(
+            out,
+            "run {} of {}: {} (started {}, finished {})",
+            run.id, run.source, run.status, run.started_at, finished
+        )?;
+        for step in &run.steps {
+            let op = step.op.get("op").and_then(|o| o.as_str()).unwrap_or("?");
+            let took = step
+                .milliseconds
+                .map_or_else(String::new, |ms| format!(" in {ms} ms"));
+            writeln!(out, "  [{}] {op}: {}{took}", step.step, step.status)?;
+            if let Some(error) = &step.error {
+                writeln!(out, "      {error}")?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The state DB as a JSON document.
 pub fn state_json(snapshot: &StateSnapshot, out: &mut dyn Write) -> io::Result<()> {
     #[derive(Serialize)]

@@ -283,3 +283,13 @@ pub fn dot(plan: &Plan, out: &mut dyn Write) -> io::Result<()> {
         Dot::with_config(&graph, &[Config::EdgeNoLabel])
     )
 }
+
+/// One step on one line, for progress and the journal.
+pub fn step_line(step: &Step) -> String {
+    format!(
+        "{} {}: {}",
+        step.op.symbol(),
+        step.op.resource(),
+        describe(&step.op)
+    )
+}

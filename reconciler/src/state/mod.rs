@@ -14,6 +14,7 @@
 //! names are data, and failures are errors instead of `-1`.
 
 pub mod alloc;
+mod journal;
 mod legacy;
 mod read;
 mod schema;
@@ -30,6 +31,7 @@ use serde::Serialize;
 use crate::desired::{Expiry, Size};
 use crate::extent::{DevNum, SectorRange};
 
+pub use journal::{RunRecord, StepRecord};
 pub use legacy::{ImportReport, LegacyDb, LegacyError, import_legacy, read_legacy};
 pub use schema::CURRENT_VERSION;
 
@@ -219,6 +221,11 @@ pub enum StateError {
         pool: String,
         extent: Size,
     },
+    #[error(
+        "extent {extent} planned for vdisk `{vdisk}` is not free any more; the host changed since \
+         the plan was made: plan again"
+    )]
+    ExtentTaken { vdisk: String, extent: SectorRange },
     #[error("pool device {0} is not in the state DB")]
     UnknownDevice(String),
     #[error(

@@ -60,6 +60,29 @@ const MIGRATIONS: &[&str] = &[
     CREATE UNIQUE INDEX extents_vdisk_order ON extents(vdisk_id, position)
         WHERE vdisk_id IS NOT NULL;
     "#,
+    // 2: the apply journal: each run, and each step of it before and after
+    // it ran. Times in milliseconds since the epoch.
+    r#"
+    CREATE TABLE runs (
+        id          INTEGER PRIMARY KEY,
+        started_at  INTEGER NOT NULL,
+        finished_at INTEGER,
+        source      TEXT    NOT NULL,
+        fingerprint TEXT    NOT NULL,
+        status      TEXT    NOT NULL CHECK (status IN ('running', 'done', 'failed', 'interrupted'))
+    ) STRICT;
+
+    CREATE TABLE journal (
+        run_id      INTEGER NOT NULL REFERENCES runs(id),
+        step        INTEGER NOT NULL,
+        op          TEXT    NOT NULL,
+        status      TEXT    NOT NULL CHECK (status IN ('pending', 'running', 'done', 'failed')),
+        error       TEXT,
+        started_at  INTEGER,
+        finished_at INTEGER,
+        PRIMARY KEY (run_id, step)
+    ) STRICT;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -9,7 +9,7 @@ use super::alloc::{self, Run};
 use super::read::LIVE;
 use super::{DeviceGeometry, StateDb, StateError, expiry_instant, from_unix, to_unix};
 use crate::desired::{Expiry, Size};
-use crate::extent::DevNum;
+use crate::extent::{DevNum, SectorRange};
 
 /// A write transaction with what every step needs to report errors.
 pub(super) struct Write<'a> {
@@ -179,7 +179,131 @@ impl Write<'_> {
     }
 }
 
+impl Write<'_> {
+    /// Gives a vdisk exactly these extents (relative to their pool devices),
+    /// numbering them from `position`.
+    fn assign_exact(
+        &self,
+        vdisk: (&str, i64),
+        pool: (i64, u64),
+        extents: &[SectorRange],
+        mut position: u64,
+    ) -> Result<(), StateError> {
+        let error = self.error("allocating planned extents");
+        let (name, vdisk_id) = vdisk;
+        let (pool_id, extent_sectors) = pool;
+        let mut statement = self
+            .tx
+            .prepare(
+                "UPDATE extents SET vdisk_id = ?1, position = ?2
+                 WHERE idx = ?3 AND vdisk_id IS NULL AND device_id =
+                   (SELECT id FROM pool_devices WHERE pool_id = ?4 AND major = ?5 AND minor = ?6)",
+            )
+            .map_err(&error)?;
+        for extent in extents {
+            let taken = || StateError::ExtentTaken {
+                vdisk: name.to_owned(),
+                extent: *extent,
+            };
+            if extent.start % extent_sectors != 0 || extent.sectors != extent_sectors {
+                return Err(taken());
+            }
+            let changed = statement
+                .execute(params![
+                    vdisk_id,
+                    position as i64,
+                    (extent.start / extent_sectors) as i64,
+                    pool_id,
+                    extent.device.major,
+                    extent.device.minor
+                ])
+                .map_err(&error)?;
+            if changed != 1 {
+                return Err(taken());
+            }
+            position += 1;
+        }
+        Ok(())
+    }
+}
+
 impl StateDb {
+    /// Creates a vdisk on exactly the extents a plan chose. Creating it
+    /// again (same pool and size) changes nothing; an extent no longer free
+    /// fails the whole operation, changing nothing.
+    pub fn create_vdisk_on(
+        &mut self,
+        name: &str,
+        pool: &str,
+        size: Size,
+        expiry: &Expiry,
+        extents: &[SectorRange],
+        now: jiff::Timestamp,
+    ) -> Result<(), StateError> {
+        self.write(now, "creating a vdisk", |w| {
+            let Some((pool_id, extent_sectors)) = w.pool(pool)? else {
+                return Err(StateError::UnknownPool(pool.to_owned()));
+            };
+            if let Some((_, existing_pool, existing_size, _)) = w.live_vdisk(name)? {
+                if existing_pool == pool_id && existing_size == size.sectors() {
+                    return Ok(());
+                }
+                return Err(StateError::VdiskExists {
+                    name: name.to_owned(),
+                    pool: pool_name(w, existing_pool)?,
+                    size: Size::from_sectors(existing_size),
+                });
+            }
+            let expires_at = expiry_instant(expiry, from_unix(w.now));
+            w.tx.execute(
+                "INSERT INTO vdisks (name, pool_id, size_sectors, expiry, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    name,
+                    pool_id,
+                    size.sectors() as i64,
+                    expiry.to_string(),
+                    w.now,
+                    expires_at.map(to_unix)
+                ],
+            )
+            .map_err(w.error("creating a vdisk"))?;
+            let vdisk_id = w.tx.last_insert_rowid();
+            w.assign_exact((name, vdisk_id), (pool_id, extent_sectors), extents, 0)
+        })
+    }
+
+    /// Grows a vdisk onto exactly the extents a plan chose; nothing to do
+    /// if it is that size already.
+    pub fn grow_vdisk_on(
+        &mut self,
+        name: &str,
+        size: Size,
+        extents: &[SectorRange],
+        now: jiff::Timestamp,
+    ) -> Result<(), StateError> {
+        self.write(now, "growing a vdisk", |w| {
+            let Some((vdisk_id, pool_id, current, _)) = w.live_vdisk(name)? else {
+                return Err(StateError::UnknownVdisk(name.to_owned()));
+            };
+            if current >= size.sectors() {
+                return Ok(());
+            }
+            let pool = pool_name(w, pool_id)?;
+            let Some((_, extent_sectors)) = w.pool(&pool)? else {
+                return Err(StateError::UnknownPool(pool));
+            };
+            let have = w.vdisk_count_extents(vdisk_id)?;
+            w.assign_exact((name, vdisk_id), (pool_id, extent_sectors), extents, have)?;
+            w.tx.execute(
+                "UPDATE vdisks SET size_sectors = ?1 WHERE id = ?2",
+                params![size.sectors() as i64, vdisk_id],
+            )
+            .map_err(w.error("growing a vdisk"))?;
+            Ok(())
+        })
+    }
+
     pub(super) fn write<T>(
         &mut self,
         now: jiff::Timestamp,

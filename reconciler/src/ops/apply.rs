@@ -1,0 +1,179 @@
+//! `xendisk apply`: plan (or take a saved plan), confirm, carry it out.
+
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::plan::{ActualSource, actual, load_desired};
+use super::{Console, Exit};
+use crate::apply::{self, Drivers, lock, realise, toolstack};
+use crate::desired::{Realise, Toolstack};
+use crate::render;
+use crate::render::plan::SavedPlan;
+use crate::state::StateDb;
+
+#[derive(Debug, Clone)]
+pub struct ApplyOptions {
+    /// A desired-state file, or a plan saved with `plan -o`.
+    pub file: PathBuf,
+    pub actual: ActualSource,
+    pub yes: bool,
+    pub allow_destroy: bool,
+    pub lock_timeout: Duration,
+    /// How long a guest gets to release a disk being detached.
+    pub release_timeout: Duration,
+    pub force_detach: bool,
+    /// Make no block devices (a simulated host): attach vdisks by path.
+    pub no_devices: bool,
+    pub colour: bool,
+}
+
+/// Exit 0 when applied (or nothing to do), 1 on failure, 3 when refused.
+pub fn apply(options: &ApplyOptions, console: &mut Console<'_>) -> anyhow::Result<Exit> {
+    if options.actual.snapshot.is_some() {
+        anyhow::bail!(
+            "apply changes the live host; it cannot work from a snapshot (drop --snapshot)"
+        );
+    }
+    let _lock = lock::acquire(&options.actual.state, options.lock_timeout, console.err)?;
+    let text = std::fs::read_to_string(&options.file)
+        .with_context(|| format!("cannot read {}", options.file.display()))?;
+    let (state, host) = actual(&options.actual)?;
+    let fingerprint = crate::plan::fingerprint(&state, &host);
+    let plan = if text.trim_start().starts_with('{') {
+        let saved: SavedPlan = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{} is neither a desired-state file nor a saved plan",
+                options.file.display()
+            )
+        })?;
+        if saved.fingerprint != fingerprint {
+            writeln!(
+                console.err,
+                "error: {} was made for a host that has changed since (fingerprint {} there, {} now); \
+                 nothing was applied: plan again",
+                options.file.display(),
+                saved.fingerprint,
+                fingerprint
+            )?;
+            return Ok(Exit::Refused);
+        }
+        saved.plan
+    } else {
+        let Some(desired) = load_desired(&options.file, &state, console)? else {
+            return Ok(Exit::Error);
+        };
+        let input = crate::plan::PlanInput {
+            desired: &desired,
+            state: &state,
+            host: &host,
+        };
+        crate::plan::plan(
+            &input,
+            crate::plan::PlanOptions {
+                allow_destroy: options.allow_destroy,
+            },
+        )?
+    };
+    let style = render::plan::TextStyle {
+        colour: options.colour,
+        extents: false,
+    };
+    render::plan::text(&plan, style, console.out)?;
+    if plan.is_refused() {
+        return Ok(Exit::Refused);
+    }
+    if plan.is_empty() {
+        return Ok(Exit::Success);
+    }
+    if !confirmed(options, plan.steps.len(), console)? {
+        writeln!(console.err, "Nothing was applied.")?;
+        return Ok(Exit::Error);
+    }
+    let mut drivers = drivers(&plan.settings, options)?;
+    let mut db = StateDb::open(&options.actual.state)?;
+    let source = options.file.display().to_string();
+    let clock = || options_now(options);
+    writeln!(console.out)?;
+    let outcome = apply::execute(
+        &plan,
+        &host,
+        &mut db,
+        &mut drivers,
+        (&source, &fingerprint),
+        console.out,
+        &clock,
+    );
+    match outcome {
+        Ok(outcome) => {
+            writeln!(
+                console.out,
+                "Applied {} operations in {:.2}s.",
+                outcome.steps, outcome.seconds
+            )?;
+            Ok(Exit::Success)
+        }
+        Err(error) => {
+            writeln!(console.err, "error: {error}")?;
+            Ok(Exit::Error)
+        }
+    }
+}
+
+/// The clock: `XENDISK_NOW` pins it for tests; otherwise the real time.
+fn options_now(options: &ApplyOptions) -> jiff::Timestamp {
+    if std::env::var_os("XENDISK_NOW").is_some() {
+        options.actual.now
+    } else {
+        jiff::Timestamp::now()
+    }
+}
+
+/// `--yes`, or a person who typed yes at the prompt.
+fn confirmed(
+    options: &ApplyOptions,
+    steps: usize,
+    console: &mut Console<'_>,
+) -> anyhow::Result<bool> {
+    if options.yes {
+        return Ok(true);
+    }
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!(
+            "apply asks for confirmation on a terminal; in a pipeline pass --yes to apply the plan above"
+        );
+    }
+    write!(
+        console.err,
+        "Apply these {steps} operations? Only 'yes' is accepted: "
+    )?;
+    console.err.flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(answer.trim() == "yes")
+}
+
+fn drivers(settings: &crate::desired::Settings, options: &ApplyOptions) -> anyhow::Result<Drivers> {
+    let toolstack: Box<dyn toolstack::Toolstack> = match settings.toolstack {
+        Toolstack::Xl => Box::new(toolstack::XlToolstack::connect("xl".to_owned())?),
+        Toolstack::Xenstore => Box::new(toolstack::XenstoreToolstack::connect(
+            options.release_timeout,
+            options.force_detach,
+        )?),
+    };
+    let realiser: Box<dyn realise::Realiser> = if options.no_devices {
+        Box::new(realise::PathOnly)
+    } else {
+        match settings.realise {
+            Realise::Auto => Box::new(realise::Auto),
+            Realise::Dm => Box::new(realise::DeviceMapper),
+            Realise::Loop => Box::new(realise::LoopDevice),
+        }
+    };
+    Ok(Drivers {
+        toolstack,
+        realiser,
+    })
+}

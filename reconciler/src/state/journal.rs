@@ -1,0 +1,196 @@
+//! The apply journal: every run, and every step of it recorded before and
+//! after it runs, so that an interrupted apply is visible (and finished by
+//! the next one) and `xendisk state --runs` can show the history.
+
+use rusqlite::{OptionalExtension, params};
+use serde::Serialize;
+
+use super::{StateDb, StateError};
+
+/// One run of `apply`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunRecord {
+    pub id: i64,
+    pub started_at: jiff::Timestamp,
+    pub finished_at: Option<jiff::Timestamp>,
+    /// The desired-state file or saved plan applied.
+    pub source: String,
+    pub fingerprint: String,
+    /// `running`, `done`, `failed` or `interrupted`.
+    pub status: String,
+    pub steps: Vec<StepRecord>,
+}
+
+/// One step of a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StepRecord {
+    pub step: i64,
+    /// The operation, as in a saved plan.
+    pub op: serde_json::Value,
+    /// `pending`, `running`, `done` or `failed`.
+    pub status: String,
+    pub error: Option<String>,
+    pub milliseconds: Option<i64>,
+}
+
+fn millis(time: jiff::Timestamp) -> i64 {
+    time.as_millisecond()
+}
+
+fn from_millis(ms: i64) -> jiff::Timestamp {
+    jiff::Timestamp::from_millisecond(ms).unwrap_or(jiff::Timestamp::MAX)
+}
+
+impl StateDb {
+    /// Starts a run with its steps pending. A run still marked running is
+    /// one that was killed: it is marked interrupted, with its running step.
+    pub fn begin_run(
+        &mut self,
+        source: &str,
+        fingerprint: &str,
+        steps: &[(usize, String)],
+        now: jiff::Timestamp,
+    ) -> Result<i64, StateError> {
+        self.write(now, "starting an apply run", |w| {
+            let error = w.error("starting an apply run");
+            let at = millis(now);
+            w.tx.execute(
+                "UPDATE journal SET status = 'failed', error = 'interrupted: the apply was stopped while this step ran',
+                 finished_at = ?1 WHERE status = 'running'",
+                params![at],
+            )
+            .map_err(&error)?;
+            w.tx.execute("UPDATE runs SET status = 'interrupted', finished_at = ?1 WHERE status = 'running'", params![at])
+                .map_err(&error)?;
+            w.tx.execute(
+                "INSERT INTO runs (started_at, source, fingerprint, status) VALUES (?1, ?2, ?3, 'running')",
+                params![at, source, fingerprint],
+            )
+            .map_err(&error)?;
+            let run = w.tx.last_insert_rowid();
+            let mut insert = w
+                .tx
+                .prepare("INSERT INTO journal (run_id, step, op, status) VALUES (?1, ?2, ?3, 'pending')")
+                .map_err(&error)?;
+            for (step, op) in steps {
+                insert.execute(params![run, *step as i64, op]).map_err(&error)?;
+            }
+            Ok(run)
+        })
+    }
+
+    pub fn step_started(
+        &mut self,
+        run: i64,
+        step: usize,
+        now: jiff::Timestamp,
+    ) -> Result<(), StateError> {
+        self.write(now, "journaling a step", |w| {
+            w.tx.execute(
+                "UPDATE journal SET status = 'running', started_at = ?3 WHERE run_id = ?1 AND step = ?2",
+                params![run, step as i64, millis(now)],
+            )
+            .map_err(w.error("journaling a step"))?;
+            Ok(())
+        })
+    }
+
+    pub fn step_finished(
+        &mut self,
+        run: i64,
+        step: usize,
+        outcome: Result<(), &str>,
+        now: jiff::Timestamp,
+    ) -> Result<(), StateError> {
+        self.write(now, "journaling a step", |w| {
+            let (status, error) = match outcome {
+                Ok(()) => ("done", None),
+                Err(message) => ("failed", Some(message)),
+            };
+            w.tx.execute(
+                "UPDATE journal SET status = ?3, error = ?4, finished_at = ?5 WHERE run_id = ?1 AND step = ?2",
+                params![run, step as i64, status, error, millis(now)],
+            )
+            .map_err(w.error("journaling a step"))?;
+            Ok(())
+        })
+    }
+
+    pub fn finish_run(
+        &mut self,
+        run: i64,
+        succeeded: bool,
+        now: jiff::Timestamp,
+    ) -> Result<(), StateError> {
+        self.write(now, "finishing an apply run", |w| {
+            let status = if succeeded { "done" } else { "failed" };
+            w.tx.execute(
+                "UPDATE runs SET status = ?2, finished_at = ?3 WHERE id = ?1",
+                params![run, status, millis(now)],
+            )
+            .map_err(w.error("finishing an apply run"))?;
+            Ok(())
+        })
+    }
+
+    /// The most recent runs, newest first, with their steps.
+    pub fn runs(&self, limit: usize) -> Result<Vec<RunRecord>, StateError> {
+        let error = self.sqlite_error("reading the journal");
+        let mut statement = self
+            .connection
+            .prepare(
+                "SELECT id, started_at, finished_at, source, fingerprint, status FROM runs ORDER BY id DESC LIMIT ?1",
+            )
+            .map_err(&error)?;
+        let mut runs: Vec<RunRecord> = statement
+            .query_map(params![limit as i64], |row| {
+                Ok(RunRecord {
+                    id: row.get(0)?,
+                    started_at: from_millis(row.get(1)?),
+                    finished_at: row.get::<_, Option<i64>>(2)?.map(from_millis),
+                    source: row.get(3)?,
+                    fingerprint: row.get(4)?,
+                    status: row.get(5)?,
+                    steps: Vec::new(),
+                })
+            })
+            .map_err(&error)?
+            .collect::<Result<_, _>>()
+            .map_err(&error)?;
+        let mut steps = self
+            .connection
+            .prepare(
+                "SELECT step, op, status, error, finished_at - started_at FROM journal WHERE run_id = ?1 ORDER BY step",
+            )
+            .map_err(&error)?;
+        for run in &mut runs {
+            run.steps = steps
+                .query_map(params![run.id], |row| {
+                    let op: String = row.get(1)?;
+                    Ok(StepRecord {
+                        step: row.get(0)?,
+                        op: serde_json::from_str(&op).unwrap_or(serde_json::Value::String(op)),
+                        status: row.get(2)?,
+                        error: row.get(3)?,
+                        milliseconds: row.get(4)?,
+                    })
+                })
+                .map_err(&error)?
+                .collect::<Result<_, _>>()
+                .map_err(&error)?;
+        }
+        Ok(runs)
+    }
+
+    /// The run still marked running, if a previous apply was killed.
+    pub fn interrupted_run(&self) -> Result<Option<i64>, StateError> {
+        self.connection
+            .query_row(
+                "SELECT id FROM runs WHERE status = 'running' ORDER BY id DESC LIMIT 1",
+                [],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(self.sqlite_error("reading the journal"))
+    }
+}
