@@ -53,7 +53,7 @@ pub enum ApplyError {
     Step {
         step: usize,
         what: String,
-        source: StepError,
+        source: Box<StepError>,
     },
 }
 
@@ -131,7 +131,7 @@ pub fn execute(
                 return Err(ApplyError::Step {
                     step: step.id,
                     what,
-                    source: error,
+                    source: Box::new(error),
                 });
             }
         }
