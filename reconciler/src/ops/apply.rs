@@ -40,6 +40,16 @@ pub fn apply(options: &ApplyOptions, console: &mut Console<'_>) -> anyhow::Resul
     let _lock = lock::acquire(&options.actual.state, options.lock_timeout, console.err)?;
     let text = std::fs::read_to_string(&options.file)
         .with_context(|| format!("cannot read {}", options.file.display()))?;
+    if options.actual.state.exists() {
+        let closed =
+            StateDb::open(&options.actual.state)?.close_interrupted_runs(options_now(options))?;
+        if closed > 0 {
+            writeln!(
+                console.err,
+                "An earlier apply was interrupted; this one finishes its work."
+            )?;
+        }
+    }
     let (state, host) = actual(&options.actual)?;
     let fingerprint = crate::plan::fingerprint(&state, &host);
     let plan = if text.trim_start().starts_with('{') {

@@ -108,9 +108,12 @@ impl Simulator {
 impl Drop for Simulator {
     fn drop(&mut self) {
         self.shared.stopping.store(true, Ordering::Relaxed);
-        // Wake the acceptor so it sees the flag.
-        let _ = std::os::unix::net::UnixStream::connect(&self.socket);
-        if let Some(acceptor) = self.acceptor.take() {
+        // Wake the acceptor so it sees the flag; if the socket is gone
+        // already (its directory removed), the thread is left to the exit.
+        let woken = std::os::unix::net::UnixStream::connect(&self.socket).is_ok();
+        if let Some(acceptor) = self.acceptor.take()
+            && woken
+        {
             let _ = acceptor.join();
         }
         let _ = std::fs::remove_file(&self.socket);

@@ -51,17 +51,10 @@ impl StateDb {
         steps: &[(usize, String)],
         now: jiff::Timestamp,
     ) -> Result<i64, StateError> {
+        self.close_interrupted_runs(now)?;
         self.write(now, "starting an apply run", |w| {
             let error = w.error("starting an apply run");
             let at = millis(now);
-            w.tx.execute(
-                "UPDATE journal SET status = 'failed', error = 'interrupted: the apply was stopped while this step ran',
-                 finished_at = ?1 WHERE status = 'running'",
-                params![at],
-            )
-            .map_err(&error)?;
-            w.tx.execute("UPDATE runs SET status = 'interrupted', finished_at = ?1 WHERE status = 'running'", params![at])
-                .map_err(&error)?;
             w.tx.execute(
                 "INSERT INTO runs (started_at, source, fingerprint, status) VALUES (?1, ?2, ?3, 'running')",
                 params![at, source, fingerprint],
@@ -76,6 +69,24 @@ impl StateDb {
                 insert.execute(params![run, *step as i64, op]).map_err(&error)?;
             }
             Ok(run)
+        })
+    }
+
+    /// Marks a run still marked running (one that was killed, since only
+    /// the holder of the apply lock writes runs) as interrupted, with the
+    /// step it was in. Returns how many runs it closed.
+    pub fn close_interrupted_runs(&mut self, now: jiff::Timestamp) -> Result<usize, StateError> {
+        self.write(now, "closing interrupted runs", |w| {
+            let error = w.error("closing interrupted runs");
+            let at = millis(now);
+            w.tx.execute(
+                "UPDATE journal SET status = 'failed', error = 'interrupted: the apply was stopped while this step ran',
+                 finished_at = ?1 WHERE status = 'running'",
+                params![at],
+            )
+            .map_err(&error)?;
+            w.tx.execute("UPDATE runs SET status = 'interrupted', finished_at = ?1 WHERE status = 'running'", params![at])
+                .map_err(&error)
         })
     }
 

@@ -1,0 +1,436 @@
+//! `xendisk apply` end to end against the simulated xenstored, with the
+//! captured dom0 of `tests/golden/hosts/plan-host` and a state DB of its
+//! own: the walkthrough, a kill at every step, a guest that keeps its disk,
+//! a stale saved plan, EAGAIN storms, two applies racing, and xl's command
+//! lines.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use xendisk::sim::{Faults, GuestPolicy, Simulator, Store, dump};
+
+/// Fields drop in order: the simulator before the directory its socket is in.
+struct Host {
+    simulator: Simulator,
+    dir: tempfile::TempDir,
+}
+
+const DOMAINS: &str = r#"/local/domain/0/name = "Domain-0"
+/local/domain/4/name = "guest1"
+/local/domain/5/name = "guest2"
+/local/domain/6/name = "guest3"
+/local/domain/7/name = "guest4"
+"#;
+
+fn host_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden/hosts/plan-host")
+}
+
+impl Host {
+    fn new(guests: GuestPolicy, faults: Faults) -> Host {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Store = dump::parse(DOMAINS).unwrap();
+        let simulator =
+            Simulator::start(&dir.path().join("xenstored.socket"), store, guests, faults).unwrap();
+        Host { simulator, dir }
+    }
+
+    fn file(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn command(&self, args: &[&str], env: &[(&str, String)]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_xendisk"));
+        command
+            .args(args)
+            .arg("--state")
+            .arg(self.dir.path().join("state.sqlite"))
+            .arg("--host-root")
+            .arg(host_root())
+            .current_dir(self.dir.path())
+            .env("XENSTORED_PATH", self.simulator.socket())
+            .env("NO_COLOR", "1")
+            .env_remove("XENDISK_NOW");
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args, &[]).output().unwrap()
+    }
+
+    fn apply(&self, file: &str, extra: &[&str]) -> Output {
+        let mut args = vec!["apply", file, "--yes", "--no-devices"];
+        args.extend_from_slice(extra);
+        self.run(&args)
+    }
+
+    /// The vdevs attached to a domain, as xenstore has them.
+    fn attached(&self, domid: u32) -> Vec<String> {
+        let store = self.simulator.store();
+        store
+            .directory(&format!("/local/domain/0/backend/vbd/{domid}"))
+            .map(|ids| ids.iter().map(|id| id.to_string()).collect())
+            .unwrap_or_default()
+    }
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn assert_exit(output: &Output, code: i32) {
+    assert_eq!(output.status.code(), Some(code), "{}", text(output));
+}
+
+const POPULATE: &str = r#"
+[settings]
+toolstack = "xenstore"
+
+[pools.fast]
+extent_size = "64MiB"
+devices = ["/dev/sdb1"]
+
+[vdisks.guest1-root]
+pool = "fast"
+size = "4GiB"
+
+[domains.Domain-0.disks]
+xvda = { source = "vdisk:guest1-root", mode = "w" }
+"#;
+
+const BOOT: &str = r#"
+[settings]
+toolstack = "xenstore"
+
+[pools.fast]
+extent_size = "64MiB"
+devices = ["/dev/sdb1"]
+
+[vdisks.guest1-root]
+pool = "fast"
+size = "4GiB"
+
+[domains.Domain-0.disks]
+
+[domains.guest1.disks]
+xvda = { source = "vdisk:guest1-root", mode = "w" }
+"#;
+
+#[test]
+fn the_walkthrough_end_to_end_and_a_second_apply_changes_nothing() {
+    let host = Host::new(GuestPolicy::default(), Faults::default());
+    host.file("populate.toml", POPULATE);
+    host.file("boot.toml", BOOT);
+    assert_exit(&host.apply("populate.toml", &[]), 0);
+    assert_eq!(host.attached(0), ["51712"]);
+    assert_eq!(
+        host.simulator
+            .store()
+            .read("/local/domain/0/backend/vbd/0/51712/params")
+            .unwrap(),
+        b"/dev/mapper/xendisk-guest1-root"
+    );
+    let again = host.apply("populate.toml", &[]);
+    assert_exit(&again, 0);
+    assert!(text(&again).contains("No changes"), "{}", text(&again));
+
+    assert_exit(&host.apply("boot.toml", &[]), 0);
+    assert!(host.attached(0).is_empty(), "Domain-0 gave the disk up");
+    assert_eq!(host.attached(4), ["51712"]);
+    assert!(
+        !host
+            .simulator
+            .store()
+            .exists("/local/domain/0/device/vbd/51712")
+    );
+    assert_exit(&host.run(&["plan", "boot.toml"]), 0);
+    let runs = host.run(&["state", "--runs"]);
+    assert!(
+        text(&runs).contains("run 2 of boot.toml: done"),
+        "{}",
+        text(&runs)
+    );
+    assert_exit(&host.run(&["state", "--check"]), 0);
+}
+
+/// Eight vdisks in two pools, each attached to one of four guests, with a
+/// read-only ISO each: 2 + 8 + 8 + 12 = 30 operations.
+fn thirty_operations() -> String {
+    let mut text = String::from(
+        "[settings]\ntoolstack = \"xenstore\"\n\n[pools.fast]\nextent_size = \"64MiB\"\ndevices = [\"/dev/sdb1\"]\n\n\
+         [pools.big]\nextent_size = \"64MiB\"\ndevices = [\"/dev/sdc\"]\n\n",
+    );
+    for v in 0..8 {
+        let pool = if v % 2 == 0 { "fast" } else { "big" };
+        text.push_str(&format!(
+            "[vdisks.v{v}]\npool = \"{pool}\"\nsize = \"{}MiB\"\n\n",
+            64 * (v + 1)
+        ));
+    }
+    for (g, name) in ["guest1", "guest2", "guest3", "guest4"].iter().enumerate() {
+        text.push_str(&format!(
+            "[domains.{name}.disks]\nxvda = {{ source = \"vdisk:v{}\", mode = \"w\" }}\n\
+             xvdb = {{ source = \"vdisk:v{}\", mode = \"w\" }}\nxvdd = {{ source = \"file:/srv/iso/tools.iso\", mode = \"r\" }}\n\n",
+            2 * g,
+            2 * g + 1
+        ));
+    }
+    text
+}
+
+#[test]
+fn an_apply_killed_at_any_step_is_finished_by_the_next() {
+    let desired = thirty_operations();
+    for hook in ["XENDISK_TEST_KILL_AT_STEP", "XENDISK_TEST_KILL_AFTER_STEP"] {
+        for step in 1..=30 {
+            let host = Host::new(GuestPolicy::default(), Faults::default());
+            host.file("desired.toml", &desired);
+            let killed = host
+                .command(
+                    &["apply", "desired.toml", "--yes", "--no-devices"],
+                    &[(hook, step.to_string())],
+                )
+                .output()
+                .unwrap();
+            assert!(
+                !killed.status.success(),
+                "{hook}={step}: the apply was not killed\n{}",
+                text(&killed)
+            );
+            assert_exit(&host.apply("desired.toml", &[]), 0);
+            let plan = host.run(&["plan", "desired.toml"]);
+            assert_exit(&plan, 0);
+            assert_exit(&host.run(&["state", "--check"]), 0);
+            for domid in 4..=7 {
+                assert_eq!(
+                    host.attached(domid),
+                    ["51712", "51728", "51760"],
+                    "{hook}={step}: domid {domid}"
+                );
+            }
+            let state: serde_json::Value =
+                serde_json::from_slice(&host.run(&["state", "--json"]).stdout).unwrap();
+            let vdisks = state["vdisks"].as_array().unwrap();
+            assert_eq!(vdisks.len(), 8, "{hook}={step}");
+            let mut extents = std::collections::BTreeSet::new();
+            for vdisk in vdisks {
+                for extent in vdisk["extents"].as_array().unwrap() {
+                    assert!(
+                        extents.insert((extent["device"].to_string(), extent["start"].as_u64())),
+                        "{hook}={step}: an extent is given twice"
+                    );
+                }
+            }
+            let runs = text(&host.run(&["state", "--runs"]));
+            assert!(
+                runs.contains(": interrupted"),
+                "{hook}={step}: the killed run is not marked\n{runs}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_guest_that_keeps_its_disk_fails_the_detach_and_nothing_after_it() {
+    let guests = GuestPolicy {
+        close_delay: Duration::from_millis(10),
+        never_close: [0].into(),
+    };
+    let host = Host::new(guests, Faults::default());
+    host.file("populate.toml", POPULATE);
+    host.file("boot.toml", BOOT);
+    assert_exit(&host.apply("populate.toml", &[]), 0);
+    let failed = host.apply("boot.toml", &["--release-timeout", "1"]);
+    assert_exit(&failed, 1);
+    assert!(
+        text(&failed).contains("did not release xvda within 1s"),
+        "{}",
+        text(&failed)
+    );
+    assert!(
+        host.attached(4).is_empty(),
+        "the attach after the failed detach did not run"
+    );
+    let runs = text(&host.run(&["state", "--runs"]));
+    assert!(
+        runs.contains("[1] detach: failed") && runs.contains("[2] attach: pending"),
+        "{runs}"
+    );
+    // The plan still says what remains, and the state DB is whole.
+    assert_exit(&host.run(&["plan", "boot.toml"]), 2);
+    assert_exit(&host.run(&["state", "--check"]), 0);
+    // Forced, it goes.
+    assert_exit(&host.apply("boot.toml", &["--force-detach"]), 0);
+    assert_eq!(host.attached(4), ["51712"]);
+}
+
+#[test]
+fn a_saved_plan_is_refused_once_the_host_has_changed() {
+    let host = Host::new(GuestPolicy::default(), Faults::default());
+    host.file("populate.toml", POPULATE);
+    assert_exit(&host.run(&["plan", "populate.toml", "-o", "plan.json"]), 2);
+    let mut client = sim_client(&host);
+    client.write(0, "/local/domain/9/name", "newcomer").unwrap();
+    let stale = host.apply("plan.json", &[]);
+    assert_exit(&stale, 3);
+    assert!(
+        text(&stale).contains("made for a host that has changed since"),
+        "{}",
+        text(&stale)
+    );
+    assert!(host.attached(0).is_empty(), "nothing was applied");
+    assert_exit(&host.run(&["plan", "populate.toml", "-o", "plan.json"]), 2);
+    assert_exit(&host.apply("plan.json", &[]), 0);
+    assert_eq!(host.attached(0), ["51712"]);
+}
+
+/// A client of the simulator from this process, without touching the environment.
+fn sim_client(host: &Host) -> SimClient {
+    SimClient {
+        stream: std::os::unix::net::UnixStream::connect(host.simulator.socket()).unwrap(),
+    }
+}
+
+struct SimClient {
+    stream: std::os::unix::net::UnixStream,
+}
+
+impl SimClient {
+    fn write(&mut self, tx: u32, path: &str, value: &str) -> Result<(), String> {
+        use xendisk::xs_wire::{Message, MessageType, nul_terminated};
+        let mut payload = nul_terminated([path.as_bytes()]);
+        payload.extend_from_slice(value.as_bytes());
+        Message::new(MessageType::Write, 1, tx, payload)
+            .write_to(&mut self.stream)
+            .map_err(|e| e.to_string())?;
+        let reply = Message::read_from(&mut self.stream)
+            .map_err(|e| e.to_string())?
+            .ok_or("closed")?;
+        if reply.message_type() == Some(MessageType::Error) {
+            Err("error".into())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[test]
+fn attaches_are_retried_through_eagain_storms() {
+    let faults = Faults {
+        eagain_commits: (1..=25).collect(),
+        ..Faults::default()
+    };
+    let host = Host::new(GuestPolicy::default(), faults);
+    host.file("desired.toml", &thirty_operations());
+    assert_exit(&host.apply("desired.toml", &[]), 0);
+    for domid in 4..=7 {
+        assert_eq!(host.attached(domid), ["51712", "51728", "51760"]);
+    }
+}
+
+#[test]
+fn two_applies_racing_apply_once() {
+    let host = Host::new(GuestPolicy::default(), Faults::default());
+    host.file("desired.toml", &thirty_operations());
+    let spawn = || {
+        host.command(&["apply", "desired.toml", "--yes", "--no-devices"], &[])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (first, second) = (spawn(), spawn());
+    let (first, second) = (
+        first.wait_with_output().unwrap(),
+        second.wait_with_output().unwrap(),
+    );
+    assert_exit(&first, 0);
+    assert_exit(&second, 0);
+    let both = format!("{}{}", text(&first), text(&second));
+    assert_eq!(both.matches("Applied 30 operations").count(), 1, "{both}");
+    assert_exit(&host.run(&["state", "--check"]), 0);
+    for domid in 4..=7 {
+        assert_eq!(host.attached(domid), ["51712", "51728", "51760"]);
+    }
+}
+
+#[test]
+fn a_second_apply_gives_up_after_the_lock_timeout() {
+    // The first apply waits on a guest that takes 2 s to release its disk.
+    let guests = GuestPolicy {
+        close_delay: Duration::from_secs(2),
+        never_close: Default::default(),
+    };
+    let host = Host::new(guests, Faults::default());
+    host.file("populate.toml", POPULATE);
+    host.file("boot.toml", BOOT);
+    assert_exit(&host.apply("populate.toml", &[]), 0);
+    let slow = host
+        .command(&["apply", "boot.toml", "--yes", "--no-devices"], &[])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let impatient = host.apply("boot.toml", &["--lock-timeout", "0"]);
+    assert_exit(&impatient, 1);
+    assert!(
+        text(&impatient).contains("another apply holds"),
+        "{}",
+        text(&impatient)
+    );
+    assert_exit(&slow.wait_with_output().unwrap(), 0);
+}
+
+#[test]
+fn the_xl_toolstack_runs_exactly_these_command_lines() {
+    let host = Host::new(GuestPolicy::default(), Faults::default());
+    let bin = host.dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let log = host.dir.path().join("xl.log");
+    let script = format!(
+        "#!/bin/sh\nfor a in \"$@\"; do printf '%s|' \"$a\"; done >> {}\necho >> {}\n",
+        log.display(),
+        log.display()
+    );
+    let xl = bin.join("xl");
+    std::fs::write(&xl, script).unwrap();
+    std::fs::set_permissions(&xl, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    host.file(
+        "desired.toml",
+        r#"
+[domains.guest1.disks]
+xvdb = { source = "file:/srv/images/a, b.img", mode = "w!" }
+xvdc = { source = "phy:/dev/sdc", mode = "r" }
+"#,
+    );
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let output = host
+        .command(
+            &["apply", "desired.toml", "--yes", "--no-devices"],
+            &[("PATH", path)],
+        )
+        .output()
+        .unwrap();
+    assert_exit(&output, 0);
+    let recorded = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        recorded,
+        "block-attach|guest1|format=raw, vdev=xvdb, access=rw, target=/srv/images/a, b.img|\n\
+         block-attach|guest1|format=raw, vdev=xvdc, access=r, target=/dev/sdc|\n"
+    );
+}
