@@ -18,6 +18,9 @@ struct Cli {
     /// The state DB [env: XENDISK_STATE] [default: /var/lib/xendisk/state.sqlite]
     #[arg(long, global = true, value_name = "PATH")]
     state: Option<PathBuf>,
+    /// Work on a simulated host kept in DIR (its xenstore.xs, proc/ and sys/; see examples/hosts/demo)
+    #[arg(long, global = true, value_name = "DIR")]
+    sim: Option<PathBuf>,
     /// Use this snapshot (`xendisk snapshot`) instead of observing the live host
     #[arg(long, global = true, value_name = "FILE")]
     snapshot: Option<PathBuf>,
@@ -191,7 +194,29 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli, console: &mut Console<'_>) -> anyhow::Result<Exit> {
+fn run(mut cli: Cli, console: &mut Console<'_>) -> anyhow::Result<Exit> {
+    let simulated = match cli.sim.clone() {
+        None => None,
+        Some(dir) => {
+            // Before any thread starts: the xenstore clients read it.
+            unsafe { std::env::set_var("XENSTORED_PATH", ops::SimulatedHost::socket(&dir)) };
+            if cli.state.is_none() && std::env::var_os("XENDISK_STATE").is_none() {
+                cli.state = Some(ops::SimulatedHost::state(&dir));
+            }
+            if cli.host_root == std::path::Path::new("/") {
+                cli.host_root = dir.clone();
+            }
+            Some(ops::SimulatedHost::start(&dir)?)
+        }
+    };
+    let exit = run_command(cli, simulated.is_some(), console);
+    if let Some(host) = simulated {
+        host.finish()?;
+    }
+    exit
+}
+
+fn run_command(cli: Cli, simulated: bool, console: &mut Console<'_>) -> anyhow::Result<Exit> {
     let state = state::resolve_path(cli.state);
     let actual = || -> anyhow::Result<ops::ActualSource> {
         Ok(ops::ActualSource {
@@ -267,6 +292,7 @@ fn run(cli: Cli, console: &mut Console<'_>) -> anyhow::Result<Exit> {
                 release_timeout: Duration::from_secs(release_timeout),
                 force_detach,
                 no_devices,
+                simulated,
                 colour,
             };
             ops::apply(&options, console)?

@@ -14,7 +14,7 @@ use xendisk::xs_wire::{Message, MessageType, nul_terminated};
 
 fn demo() -> Store {
     let text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hosts/demo.xs"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hosts/demo/xenstore.xs"),
     )
     .unwrap();
     dump::parse(&text).unwrap()
@@ -80,7 +80,7 @@ fn debian_clients_see_what_the_simulator_holds() {
     assert_eq!(value, "web01\n");
     let (ok, children) = client(&simulator, "xenstore-list", &["/local/domain"]).unwrap();
     assert!(ok);
-    assert_eq!(children, "0\n3\n5\n7\n9\n");
+    assert_eq!(children, "0\n3\n4\n5\n7\n9\n");
     let (ok, _) = client(&simulator, "xenstore-rm", &["/local/domain/9"]).unwrap();
     assert!(ok);
     assert!(!simulator.store().exists("/local/domain/9"));

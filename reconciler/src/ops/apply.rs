@@ -27,6 +27,9 @@ pub struct ApplyOptions {
     pub force_detach: bool,
     /// Make no block devices (a simulated host): attach vdisks by path.
     pub no_devices: bool,
+    /// A simulated host (`--sim`): attachments go straight to its xenstore,
+    /// as the toolstack would write them, and no block device is made.
+    pub simulated: bool,
     pub colour: bool,
 }
 
@@ -118,11 +121,8 @@ pub fn apply(options: &ApplyOptions, console: &mut Console<'_>) -> anyhow::Resul
     );
     match outcome {
         Ok(outcome) => {
-            writeln!(
-                console.out,
-                "Applied {} operations in {:.2}s.",
-                outcome.steps, outcome.seconds
-            )?;
+            let applied = super::count(outcome.steps, "operation");
+            writeln!(console.out, "Applied {applied} in {:.2}s.", outcome.seconds)?;
             Ok(Exit::Success)
         }
         Err(error) => {
@@ -167,13 +167,17 @@ fn confirmed(
 
 fn drivers(settings: &crate::desired::Settings, options: &ApplyOptions) -> anyhow::Result<Drivers> {
     let toolstack: Box<dyn toolstack::Toolstack> = match settings.toolstack {
+        Toolstack::Xl if options.simulated => Box::new(toolstack::XenstoreToolstack::connect(
+            options.release_timeout,
+            options.force_detach,
+        )?),
         Toolstack::Xl => Box::new(toolstack::XlToolstack::connect("xl".to_owned())?),
         Toolstack::Xenstore => Box::new(toolstack::XenstoreToolstack::connect(
             options.release_timeout,
             options.force_detach,
         )?),
     };
-    let realiser: Box<dyn realise::Realiser> = if options.no_devices {
+    let realiser: Box<dyn realise::Realiser> = if options.no_devices || options.simulated {
         Box::new(realise::PathOnly)
     } else {
         match settings.realise {

@@ -96,7 +96,7 @@ pub fn validate(options: &ValidateOptions, console: &mut Console<'_>) -> anyhow:
     Ok(exit)
 }
 
-fn count(n: usize, what: &str) -> String {
+pub(crate) fn count(n: usize, what: &str) -> String {
     if n == 1 {
         format!("1 {what}")
     } else {
@@ -339,4 +339,77 @@ pub fn sim(options: &SimOptions, console: &mut Console<'_>) -> anyhow::Result<Ex
     )?;
     simulator.wait()?;
     Ok(Exit::Success)
+}
+
+/// A simulated host kept in a directory, for `--sim DIR`: DIR holds the
+/// host's xenstore (`xenstore.xs`, either `xenstore-ls` form) and captured
+/// dom0 (`proc/`, `sys/`); what commands change is kept in `DIR/.sim/` (the
+/// xenstore, written back after each command, and the state DB), so that an
+/// apply is followed by a plan that sees it.
+pub struct SimulatedHost {
+    simulator: Option<sim::Simulator>,
+    kept: PathBuf,
+}
+
+impl SimulatedHost {
+    /// Where the simulated host's own files go.
+    pub fn workspace(dir: &std::path::Path) -> PathBuf {
+        dir.join(".sim")
+    }
+
+    /// The socket its xenstored listens on (set XENSTORED_PATH to it first).
+    pub fn socket(dir: &std::path::Path) -> PathBuf {
+        SimulatedHost::workspace(dir).join("xenstored.socket")
+    }
+
+    /// The state DB it uses unless told otherwise.
+    pub fn state(dir: &std::path::Path) -> PathBuf {
+        SimulatedHost::workspace(dir).join("state.sqlite")
+    }
+
+    pub fn start(dir: &std::path::Path) -> anyhow::Result<SimulatedHost> {
+        let workspace = SimulatedHost::workspace(dir);
+        std::fs::create_dir_all(&workspace)
+            .with_context(|| format!("cannot create {}", workspace.display()))?;
+        let kept = workspace.join("xenstore.xs");
+        let source = if kept.exists() {
+            kept.clone()
+        } else {
+            dir.join("xenstore.xs")
+        };
+        let text = std::fs::read_to_string(&source).with_context(|| {
+            format!(
+                "cannot read {}: a --sim directory holds the host's xenstore.xs",
+                source.display()
+            )
+        })?;
+        let store = sim::dump::parse(&text)
+            .with_context(|| format!("xenstore dump {}", source.display()))?;
+        let socket = SimulatedHost::socket(dir);
+        let _ = std::fs::remove_file(&socket); // left by a killed run
+        let simulator = sim::Simulator::start(
+            &socket,
+            store,
+            sim::GuestPolicy::default(),
+            sim::Faults::default(),
+        )?;
+        Ok(SimulatedHost {
+            simulator: Some(simulator),
+            kept,
+        })
+    }
+
+    /// Stops the simulator and keeps its xenstore for the next command.
+    pub fn finish(mut self) -> anyhow::Result<()> {
+        if let Some(simulator) = self.simulator.take() {
+            let text = sim::dump::write_full_paths(&simulator.store());
+            drop(simulator);
+            let temporary = self.kept.with_extension("partial");
+            std::fs::write(&temporary, text)
+                .with_context(|| format!("cannot write {}", temporary.display()))?;
+            std::fs::rename(&temporary, &self.kept)
+                .with_context(|| format!("cannot write {}", self.kept.display()))?;
+        }
+        Ok(())
+    }
 }

@@ -1,0 +1,72 @@
+//! The README's quick start, as written: the walkthrough applied to the
+//! simulated demo host, after which a plan finds nothing to do.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+/// Copies a directory, keeping symbolic links (a captured sysfs is made of them).
+fn copy(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap();
+        if name == ".sim" {
+            continue;
+        }
+        let metadata = fs::symlink_metadata(&path).unwrap();
+        if metadata.file_type().is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(&path).unwrap(), to.join(name)).unwrap();
+        } else if metadata.is_dir() {
+            copy(&path, &to.join(name));
+        } else {
+            fs::copy(&path, to.join(name)).unwrap();
+        }
+    }
+}
+
+#[test]
+fn the_walkthrough_applies_to_the_simulated_demo_host() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let scratch = tempfile::tempdir().unwrap();
+    let demo = scratch.path().join("demo");
+    copy(&repo.join("examples/hosts/demo"), &demo);
+    let xendisk = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_xendisk"))
+            .arg("--sim")
+            .arg(&demo)
+            .args(args)
+            .current_dir(&repo)
+            .env_remove("XENSTORED_PATH")
+            .env_remove("XENDISK_STATE")
+            .env_remove("XENDISK_NOW")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.code(), text)
+    };
+    let (code, text) = xendisk(&["apply", "examples/walkthrough.toml", "--yes"]);
+    assert_eq!(code, Some(0), "{text}");
+    let (code, text) = xendisk(&["plan", "examples/walkthrough.toml"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("No changes"), "{text}");
+    let (code, text) = xendisk(&["apply", "examples/walkthrough-boot.toml", "--yes"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("detach xvda") && text.contains("attach xvda"),
+        "{text}"
+    );
+    let (code, text) = xendisk(&["plan", "examples/walkthrough-boot.toml"]);
+    assert_eq!(code, Some(0), "{text}");
+    let kept = fs::read_to_string(demo.join(".sim/xenstore.xs")).unwrap();
+    assert!(
+        kept.contains(
+            "/local/domain/0/backend/vbd/4/51712/params = \"/dev/mapper/xendisk-guest1-root\""
+        ),
+        "{kept}"
+    );
+}
