@@ -111,6 +111,9 @@ enum Command {
         /// Create no block devices: for a simulated host, where vdisks are attached by path.
         #[arg(long)]
         no_devices: bool,
+        /// Make attachments this way for this run, whatever settings.toolstack says.
+        #[arg(long, value_enum)]
+        toolstack: Option<ToolstackChoice>,
     },
     /// Print the plan's operations and their order as a Graphviz graph.
     Graph {
@@ -161,6 +164,13 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         legacy: PathBuf,
     },
+}
+
+/// How attachments are made, on the command line.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ToolstackChoice {
+    Xl,
+    Xenstore,
 }
 
 fn main() -> ExitCode {
@@ -281,6 +291,7 @@ fn run_command(cli: Cli, simulated: bool, console: &mut Console<'_>) -> anyhow::
             release_timeout,
             force_detach,
             no_devices,
+            toolstack,
         } => {
             let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
             let options = ops::ApplyOptions {
@@ -292,6 +303,10 @@ fn run_command(cli: Cli, simulated: bool, console: &mut Console<'_>) -> anyhow::
                 release_timeout: Duration::from_secs(release_timeout),
                 force_detach,
                 no_devices,
+                toolstack: toolstack.map(|t| match t {
+                    ToolstackChoice::Xl => xendisk::desired::Toolstack::Xl,
+                    ToolstackChoice::Xenstore => xendisk::desired::Toolstack::Xenstore,
+                }),
                 simulated,
                 colour,
             };

@@ -278,3 +278,43 @@ fn every_host_fixture_is_adopted_without_changes() {
     }
     assert!(adopted >= 20, "only {adopted} host fixtures were adopted");
 }
+
+/// Every plan case whose plan is clean (exit 2: changes, nothing refused)
+/// applies on its simulated host, after which a fresh plan is empty.
+#[test]
+fn every_clean_plan_case_applies_and_converges() {
+    let mut applied = 0;
+    for entry in fs::read_dir(golden_root()).unwrap() {
+        let dir = entry.unwrap().path();
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let cmd = fs::read_to_string(dir.join("cmd")).unwrap_or_default();
+        let Some(first) = cmd.lines().next() else {
+            continue;
+        };
+        let exit = fs::read_to_string(dir.join("exit-code")).unwrap_or_default();
+        if !first.starts_with("plan desired.toml")
+            || first.contains("--snapshot")
+            || exit.lines().next() != Some("2")
+        {
+            continue;
+        }
+        let rest = first.trim_start_matches("plan desired.toml");
+        let apply = format!(
+            "apply desired.toml --yes --no-devices --toolstack xenstore --release-timeout 5{rest}"
+        );
+        let plan = format!("plan desired.toml{rest}");
+        let outcome = run_commands(&dir, &[&apply, &plan]);
+        assert_eq!(
+            outcome.exit_code, "0\n0\n",
+            "{name}:\n{}{}",
+            outcome.stdout, outcome.stderr
+        );
+        assert!(
+            outcome.stdout.contains("A fresh plan finds no changes."),
+            "{name}:\n{}",
+            outcome.stdout
+        );
+        applied += 1;
+    }
+    assert!(applied >= 8, "only {applied} plan cases were applied");
+}

@@ -139,7 +139,14 @@ impl Toolstack for XenstoreToolstack {
             let domid = request.domid.to_string();
             // Backend, owned by dom0, readable by the guest
             // (xen's docs/misc/xenstore-paths, "Backend device paths").
-            let mode = if request.mode.is_writable() { "w" } else { "r" };
+            // `w!` as xm wrote it: blkback opens any mode containing `w`
+            // read-write, and the block hotplug script skips its sharing
+            // check for it; xendisk has made that check itself.
+            let mode = match request.mode {
+                Mode::Read => "r",
+                Mode::Write => "w",
+                Mode::WriteShared => "w!",
+            };
             let backend_nodes = [
                 ("frontend", frontend.as_str()),     // where the guest's half is
                 ("frontend-id", domid.as_str()),     // the guest's domid
@@ -149,8 +156,8 @@ impl Toolstack for XenstoreToolstack {
                 ("state", INITIALISING),             // XenbusState; blkback moves it on
                 ("dev", request.vdev.as_str()),      // the guest-side name
                 ("type", request.kind),              // phy or file: what the hotplug script opens
-                ("mode", mode), // r or w (w! is xendisk's own, not the backend's)
-                ("device-type", "disk"), // not a cdrom
+                ("mode", mode),                      // r, w, or w! (sharing accepted)
+                ("device-type", "disk"),             // not a cdrom
                 ("params", request.target.as_str()), // the device or file itself
             ];
             for (leaf, value) in backend_nodes {

@@ -27,6 +27,8 @@ pub struct ApplyOptions {
     pub force_detach: bool,
     /// Make no block devices (a simulated host): attach vdisks by path.
     pub no_devices: bool,
+    /// Overrides `settings.toolstack` for this run.
+    pub toolstack: Option<Toolstack>,
     /// A simulated host (`--sim`): attachments go straight to its xenstore,
     /// as the toolstack would write them, and no block device is made.
     pub simulated: bool,
@@ -55,6 +57,9 @@ pub fn apply(options: &ApplyOptions, console: &mut Console<'_>) -> anyhow::Resul
     }
     let (state, host) = actual(&options.actual)?;
     let fingerprint = crate::plan::fingerprint(&state, &host);
+    // The desired state, when the input is a desired-state file: a fresh
+    // plan against it after the apply must find nothing left to do.
+    let mut desired = None;
     let plan = if text.trim_start().starts_with('{') {
         let saved: SavedPlan = serde_json::from_str(&text).with_context(|| {
             format!(
@@ -75,20 +80,22 @@ pub fn apply(options: &ApplyOptions, console: &mut Console<'_>) -> anyhow::Resul
         }
         saved.plan
     } else {
-        let Some(desired) = load_desired(&options.file, &state, console)? else {
+        let Some(loaded) = load_desired(&options.file, &state, console)? else {
             return Ok(Exit::Error);
         };
         let input = crate::plan::PlanInput {
-            desired: &desired,
+            desired: &loaded,
             state: &state,
             host: &host,
         };
-        crate::plan::plan(
+        let plan = crate::plan::plan(
             &input,
             crate::plan::PlanOptions {
                 allow_destroy: options.allow_destroy,
             },
-        )?
+        )?;
+        desired = Some(loaded);
+        plan
     };
     let style = render::plan::TextStyle {
         colour: options.colour,
@@ -123,7 +130,33 @@ pub fn apply(options: &ApplyOptions, console: &mut Console<'_>) -> anyhow::Resul
         Ok(outcome) => {
             let applied = super::count(outcome.steps, "operation");
             writeln!(console.out, "Applied {applied} in {:.2}s.", outcome.seconds)?;
-            Ok(Exit::Success)
+            let Some(desired) = desired else {
+                return Ok(Exit::Success);
+            };
+            // Observe again: what was applied must now be what is.
+            let (state, host) = actual(&options.actual)?;
+            let input = crate::plan::PlanInput {
+                desired: &desired,
+                state: &state,
+                host: &host,
+            };
+            let again = crate::plan::plan(
+                &input,
+                crate::plan::PlanOptions {
+                    allow_destroy: options.allow_destroy,
+                },
+            )?;
+            if again.is_empty() {
+                writeln!(console.out, "A fresh plan finds no changes.")?;
+                Ok(Exit::Success)
+            } else {
+                writeln!(
+                    console.err,
+                    "error: the host does not match the plan after the apply; a fresh plan still has:"
+                )?;
+                render::plan::text(&again, style, console.err)?;
+                Ok(Exit::Error)
+            }
         }
         Err(error) => {
             writeln!(console.err, "error: {error}")?;
@@ -166,17 +199,18 @@ fn confirmed(
 }
 
 fn drivers(settings: &crate::desired::Settings, options: &ApplyOptions) -> anyhow::Result<Drivers> {
-    let toolstack: Box<dyn toolstack::Toolstack> = match settings.toolstack {
-        Toolstack::Xl if options.simulated => Box::new(toolstack::XenstoreToolstack::connect(
-            options.release_timeout,
-            options.force_detach,
-        )?),
-        Toolstack::Xl => Box::new(toolstack::XlToolstack::connect("xl".to_owned())?),
-        Toolstack::Xenstore => Box::new(toolstack::XenstoreToolstack::connect(
-            options.release_timeout,
-            options.force_detach,
-        )?),
-    };
+    let toolstack: Box<dyn toolstack::Toolstack> =
+        match options.toolstack.unwrap_or(settings.toolstack) {
+            Toolstack::Xl if options.simulated => Box::new(toolstack::XenstoreToolstack::connect(
+                options.release_timeout,
+                options.force_detach,
+            )?),
+            Toolstack::Xl => Box::new(toolstack::XlToolstack::connect("xl".to_owned())?),
+            Toolstack::Xenstore => Box::new(toolstack::XenstoreToolstack::connect(
+                options.release_timeout,
+                options.force_detach,
+            )?),
+        };
     let realiser: Box<dyn realise::Realiser> = if options.no_devices || options.simulated {
         Box::new(realise::PathOnly)
     } else {

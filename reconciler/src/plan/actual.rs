@@ -25,6 +25,16 @@ pub fn mode_of(text: &str) -> Mode {
     }
 }
 
+/// Whether a backend's recorded mode is what the file asks for. `w!` is
+/// xendisk's acceptance of sharing, not a backend mode: xl records it as
+/// `w`, the xenstore toolstack as `w!`; both satisfy a `w!` attachment.
+pub fn modes_agree(recorded: &str, declared: Mode) -> bool {
+    match (mode_of(recorded), declared) {
+        (Mode::Write, Mode::WriteShared) => true,
+        (recorded, declared) => recorded == declared,
+    }
+}
+
 /// Look-ups into the actual state, built once.
 pub struct ActualIndex<'a> {
     /// Live and expired vdisks, by name.

@@ -65,8 +65,12 @@ impl Builder<'_> {
                 let current = actual.get(&devid).copied();
                 if let Some(attachment) = current
                     && self.actual_source(attachment) == disk.source
-                    && actual::mode_of(&attachment.mode) == disk.mode
+                    && actual::modes_agree(&attachment.mode, disk.mode)
                 {
+                    // Kept: its acceptance of sharing is the file's to say
+                    // (xl records `w!` as plain `w`).
+                    let holder = holder_of[&(domid, devid)];
+                    self.diff.holders[holder].accepts_sharing = disk.mode == Mode::WriteShared;
                     continue;
                 }
                 let detach = current
