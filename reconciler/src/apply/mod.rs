@@ -8,6 +8,7 @@
 
 pub mod lock;
 pub mod realise;
+pub mod scrub;
 pub mod toolstack;
 
 use std::collections::BTreeMap;
@@ -26,6 +27,8 @@ use toolstack::{AttachRequest, DetachRequest, Toolstack, ToolstackError};
 pub struct Drivers {
     pub toolstack: Box<dyn Toolstack>,
     pub realiser: Box<dyn Realiser>,
+    /// No device is behind a simulated host: scrubs zero nothing.
+    pub simulated_devices: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +39,8 @@ pub enum StepError {
     Toolstack(#[from] ToolstackError),
     #[error(transparent)]
     Realise(#[from] RealiseError),
+    #[error(transparent)]
+    Scrub(#[from] scrub::ScrubError),
     #[error("pool device {path} ({device}) is not on this host any more")]
     DeviceGone {
         path: String,
@@ -196,6 +201,26 @@ fn run_step(
             Err(StateError::UnknownVdisk(_)) => {} // deleted by an earlier, interrupted run
             other => other.map(|_| ())?,
         },
+        Op::Scrub { extents, .. } => {
+            let paths = pool_device_paths(db, clock)?;
+            let mut by_device: BTreeMap<crate::extent::DevNum, Vec<(u64, u64)>> = BTreeMap::new();
+            for extent in extents {
+                by_device
+                    .entry(extent.device)
+                    .or_default()
+                    .push((extent.start, extent.sectors));
+            }
+            for (device, ranges) in by_device {
+                let path = paths
+                    .get(&device)
+                    .cloned()
+                    .unwrap_or_else(|| device.to_string());
+                scrub::zero(&path, &ranges, drivers.simulated_devices)?;
+                for (start, sectors) in ranges {
+                    db.mark_scrubbed(device, start / sectors, 1, clock())?;
+                }
+            }
+        }
         Op::Realise { vdisk } => {
             let request = realise_request(db, vdisk, clock)?;
             let device = drivers.realiser.realise(&request)?;
@@ -255,22 +280,28 @@ fn run_step(
     Ok(())
 }
 
+fn pool_device_paths(
+    db: &StateDb,
+    clock: &dyn Fn() -> jiff::Timestamp,
+) -> Result<BTreeMap<crate::extent::DevNum, String>, StepError> {
+    let snapshot = db.snapshot(clock())?;
+    Ok(snapshot
+        .pools
+        .into_iter()
+        .flat_map(|p| p.devices)
+        .map(|d| (d.device, d.path))
+        .collect())
+}
+
 fn realise_request(
     db: &StateDb,
     vdisk: &str,
     clock: &dyn Fn() -> jiff::Timestamp,
 ) -> Result<RealiseRequest, StepError> {
     let extents = db.lookup(vdisk, clock())?;
-    let pool_devices = db
-        .snapshot(clock())?
-        .pools
-        .into_iter()
-        .flat_map(|p| p.devices)
-        .map(|d| (d.device, d.path))
-        .collect();
     Ok(RealiseRequest {
         vdisk: vdisk.to_owned(),
         extents,
-        pool_devices,
+        pool_devices: pool_device_paths(db, clock)?,
     })
 }

@@ -223,5 +223,6 @@ fn drivers(settings: &crate::desired::Settings, options: &ApplyOptions) -> anyho
     Ok(Drivers {
         toolstack,
         realiser,
+        simulated_devices: options.no_devices || options.simulated,
     })
 }

@@ -17,6 +17,7 @@ fn phase(op: &Op) -> u8 {
         Op::Detach { .. } => 0,
         Op::Unrealise { .. } => 1,
         Op::DeleteVdisk { .. } => 2,
+        Op::Scrub { .. } => 3,
         Op::RemovePoolDevice { .. } => 3,
         Op::AddPoolDevice { .. } => 4,
         Op::CreateVdisk { .. } => 5,
@@ -32,6 +33,7 @@ fn tie_break(op: &Op) -> String {
         Op::AddPoolDevice { pool, path, .. } | Op::RemovePoolDevice { pool, path, .. } => {
             format!("{pool}\0{path}")
         }
+        Op::Scrub { pool, vdisk, .. } => format!("{pool}\0{vdisk}"),
         Op::CreateVdisk { name, .. }
         | Op::GrowVdisk { name, .. }
         | Op::SetExpiry { name, .. }

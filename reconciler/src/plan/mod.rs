@@ -84,6 +84,14 @@ pub enum Op {
         pool: String,
         size: Size,
     },
+    /// Zero extents that hold a former owner's data: released by `vdisk`
+    /// (`scrub = "on-release"`), or about to be given to it.
+    Scrub {
+        pool: String,
+        vdisk: String,
+        released: bool,
+        extents: Vec<SectorRange>,
+    },
     /// Make a vdisk's block device.
     Realise { vdisk: String },
     /// Remove a vdisk's block device.
@@ -115,7 +123,7 @@ impl Op {
             | Op::CreateVdisk { .. }
             | Op::Realise { .. }
             | Op::Attach { .. } => '+',
-            Op::GrowVdisk { .. } | Op::SetExpiry { .. } => '~',
+            Op::GrowVdisk { .. } | Op::SetExpiry { .. } | Op::Scrub { .. } => '~',
             Op::RemovePoolDevice { .. }
             | Op::DeleteVdisk { .. }
             | Op::Unrealise { .. }
@@ -126,9 +134,9 @@ impl Op {
     /// The resource it acts on, which groups the text plan.
     pub fn resource(&self) -> Resource {
         match self {
-            Op::AddPoolDevice { pool, .. } | Op::RemovePoolDevice { pool, .. } => {
-                Resource::Pool(pool.clone())
-            }
+            Op::AddPoolDevice { pool, .. }
+            | Op::RemovePoolDevice { pool, .. }
+            | Op::Scrub { pool, .. } => Resource::Pool(pool.clone()),
             Op::CreateVdisk { name, .. }
             | Op::GrowVdisk { name, .. }
             | Op::SetExpiry { name, .. }

@@ -198,6 +198,19 @@ fn describe(op: &Op) -> String {
         Op::DeleteVdisk { pool, size, .. } => {
             format!("delete ({size} in pool {pool}; destroys its data)")
         }
+        Op::Scrub {
+            vdisk,
+            released,
+            extents,
+            ..
+        } => {
+            let why = if *released {
+                format!("released by {vdisk}")
+            } else {
+                format!("before they go to {vdisk}")
+            };
+            format!("scrub {} ({why})", plural(extents.len(), "extent"))
+        }
         Op::Realise { .. } => "realise as a block device".to_owned(),
         Op::Unrealise { .. } => "remove its block device".to_owned(),
         Op::Attach {
@@ -217,7 +230,10 @@ fn describe(op: &Op) -> String {
 }
 
 fn extents(op: &Op, out: &mut dyn Write) -> io::Result<()> {
-    if let Op::CreateVdisk { extents, .. } | Op::GrowVdisk { extents, .. } = op {
+    if let Op::CreateVdisk { extents, .. }
+    | Op::GrowVdisk { extents, .. }
+    | Op::Scrub { extents, .. } = op
+    {
         for extent in extents {
             writeln!(out, "        extent {extent}")?;
         }

@@ -104,6 +104,9 @@ pub struct PoolDeviceState {
     /// Free extents as runs, for the allocator.
     #[serde(skip)]
     pub free_runs: Vec<alloc::Run>,
+    /// Free extents that are dirty, as runs, for planning scrubs.
+    #[serde(skip)]
+    pub dirty_runs: Vec<alloc::Run>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -103,6 +103,7 @@ impl StateDb {
                     used: 0,
                     dirty: 0,
                     free_runs: Vec::new(),
+                    dirty_runs: Vec::new(),
                 };
                 Ok((row.get::<_, i64>(0)?, (row.get::<_, i64>(1)?, device)))
             })
@@ -110,8 +111,10 @@ impl StateDb {
         rows.collect::<Result<_, _>>().map_err(&error)
     }
 
-    /// Fills in free, used and dirty counts and the free runs, in one pass
-    /// over the extents in device order.
+    /// Fills in free, used and dirty counts and the free and dirty runs, in
+    /// one pass over the extents in device order. A free extent is dirty
+    /// when flagged, or when a vdisk that expired still owns it (its data is
+    /// there until the next write reclaims and flags it).
     fn count_extents(
         &self,
         now: i64,
@@ -121,13 +124,13 @@ impl StateDb {
         let mut statement = self
             .connection
             .prepare(&format!(
-                "SELECT e.device_id, e.idx, e.dirty, v.id IS NOT NULL
+                "SELECT e.device_id, e.idx, e.dirty OR e.vdisk_id IS NOT NULL, v.id IS NOT NULL
                  FROM extents e LEFT JOIN vdisks v ON v.id = e.vdisk_id AND {LIVE}
                  ORDER BY e.device_id, e.idx"
             ))
             .map_err(&error)?;
         let mut rows = statement.query(params![now]).map_err(&error)?;
-        let mut free = Vec::new();
+        let (mut free, mut dirty_free) = (Vec::new(), Vec::new());
         while let Some(row) = rows.next().map_err(&error)? {
             let (device_id, idx, dirty, used): (i64, i64, bool, bool) = (
                 row.get(0).map_err(&error)?,
@@ -140,12 +143,13 @@ impl StateDb {
             };
             if used {
                 device.used += 1;
-            } else {
-                device.free += 1;
-                if dirty {
-                    device.dirty += 1;
-                }
-                free.push((device_id, idx as u64));
+                continue;
+            }
+            device.free += 1;
+            free.push((device_id, idx as u64));
+            if dirty {
+                device.dirty += 1;
+                dirty_free.push((device_id, idx as u64));
             }
         }
         for run in alloc::runs_of(free) {
@@ -153,39 +157,14 @@ impl StateDb {
                 device.free_runs.push(run);
             }
         }
-        self.count_unreclaimed_dirty(now, devices)
-    }
-
-    /// Extents of vdisks that expired but were not reclaimed yet are dirty
-    /// although their flag is not set: count them too.
-    fn count_unreclaimed_dirty(
-        &self,
-        now: i64,
-        devices: &mut BTreeMap<i64, (i64, PoolDeviceState)>,
-    ) -> Result<(), StateError> {
-        let error = self.sqlite_error("reading expired vdisks");
-        let mut statement = self
-            .connection
-            .prepare(&format!(
-                "SELECT e.device_id, count(*) FROM extents e JOIN vdisks v ON v.id = e.vdisk_id
-                 WHERE NOT ({LIVE}) AND e.dirty = 0 GROUP BY e.device_id"
-            ))
-            .map_err(&error)?;
-        let rows = statement
-            .query_map(params![now], |row| {
-                Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
-            })
-            .map_err(&error)?;
-        for row in rows {
-            let (device_id, count) = row.map_err(&error)?;
-            if let Some((_, device)) = devices.get_mut(&device_id) {
-                device.dirty += count as u64;
+        for run in alloc::runs_of(dirty_free) {
+            if let Some((_, device)) = devices.get_mut(&run.device) {
+                device.dirty_runs.push(run);
             }
         }
         Ok(())
     }
 
-    /// Live vdisks with their extents in order.
     /// Vdisks matching `condition` (on `v`, with `?1` the time), with their
     /// extents in order.
     fn vdisks(&self, now: i64, condition: &str) -> Result<Vec<VdiskState>, StateError> {

@@ -11,7 +11,7 @@ mod attachments;
 
 use super::resolve::{Area, Resolver, normalise, overlap};
 use super::{Op, Pending, PlanError, PlanInput, PlanOptions, Refusal};
-use crate::desired::{Expiry, Size};
+use crate::desired::{Expiry, Scrub, Size};
 use crate::extent::{DevNum, SectorRange};
 use crate::safety::Holder;
 use crate::state::VdiskState;
@@ -34,6 +34,28 @@ struct PoolSpace {
     free: Vec<Run>,
     /// The operation adding each new device.
     added_by: BTreeMap<i64, usize>,
+    /// Free extents still holding a former owner's data, sorted.
+    dirty: Vec<Run>,
+}
+
+impl PoolSpace {
+    fn is_dirty(&self, device: i64, index: u64) -> bool {
+        let at = self
+            .dirty
+            .partition_point(|r| (r.device, r.first) <= (device, index));
+        at > 0 && {
+            let run = self.dirty[at - 1];
+            run.device == device && index < run.first + run.len
+        }
+    }
+}
+
+/// What an allocation gives: the extents, the operations adding the
+/// devices they are on, and those of them that must be zeroed first.
+struct Allocation {
+    extents: Vec<SectorRange>,
+    sources: BTreeSet<usize>,
+    dirty: Vec<SectorRange>,
 }
 
 struct Builder<'a> {
@@ -134,6 +156,7 @@ impl Builder<'_> {
                 devices: BTreeMap::new(),
                 free: Vec::new(),
                 added_by: BTreeMap::new(),
+                dirty: Vec::new(),
             };
             for device in &pool.devices {
                 let kept = declared.is_some_and(|d| {
@@ -144,6 +167,7 @@ impl Builder<'_> {
                 if kept {
                     space.devices.insert(device.id, device.device);
                     space.free.extend(device.free_runs.iter().copied());
+                    space.dirty.extend(device.dirty_runs.iter().copied());
                 } else {
                     let op = self.push(Op::RemovePoolDevice {
                         pool: pool.name.clone(),
@@ -206,18 +230,25 @@ impl Builder<'_> {
                         devices: BTreeMap::new(),
                         free: Vec::new(),
                         added_by: BTreeMap::new(),
+                        dirty: Vec::new(),
                     });
                 space.devices.insert(next_id, device.device);
                 space.added_by.insert(next_id, op);
                 if extents > 0 {
-                    space.free.push(Run {
+                    // Nothing is known of what a new device held: all dirty.
+                    let run = Run {
                         device: next_id,
                         first: 0,
                         len: extents,
-                    });
+                    };
+                    space.free.push(run);
+                    space.dirty.push(run);
                 }
                 next_id += 1;
             }
+        }
+        for space in self.spaces.values_mut() {
+            space.dirty.sort();
         }
         Ok(())
     }
@@ -311,18 +342,20 @@ impl Builder<'_> {
         size: Size,
         expiry: Expiry,
     ) -> Result<(), PlanError> {
-        let (extents, sources) = self.allocate(name, pool, size.sectors(), None)?;
+        let allocation = self.allocate(name, pool, size.sectors(), None)?;
+        let scrub = self.scrub_before(name, pool, &allocation);
         let op = self.push(Op::CreateVdisk {
             name: name.to_owned(),
             pool: pool.to_owned(),
             size,
             expiry,
-            extents: extents.clone(),
+            extents: allocation.extents.clone(),
         });
         self.diff
             .edges
-            .extend(sources.into_iter().map(|add| (add, op)));
-        self.extents.insert(name.to_owned(), extents);
+            .extend(allocation.sources.iter().map(|add| (*add, op)));
+        self.diff.edges.extend(scrub.map(|scrub| (scrub, op)));
+        self.extents.insert(name.to_owned(), allocation.extents);
         self.creates.insert(name.to_owned(), op);
         Ok(())
     }
@@ -338,27 +371,52 @@ impl Builder<'_> {
                 .map(|(id, _)| *id)?;
             Some((id, last.start / space.extent_sectors + 1))
         });
-        let (added, sources) = self.allocate(
-            &existing.name,
-            &existing.pool,
-            size.sectors().saturating_sub(have),
-            after,
-        )?;
+        let sectors = size.sectors().saturating_sub(have);
+        let allocation = self.allocate(&existing.name, &existing.pool, sectors, after)?;
+        let scrub = self.scrub_before(&existing.name, &existing.pool, &allocation);
         let op = self.push(Op::GrowVdisk {
             name: existing.name.clone(),
             from: existing.size,
             to: size,
-            extents: added.clone(),
+            extents: allocation.extents.clone(),
         });
         self.diff
             .edges
-            .extend(sources.into_iter().map(|add| (add, op)));
+            .extend(allocation.sources.iter().map(|add| (*add, op)));
+        self.diff.edges.extend(scrub.map(|scrub| (scrub, op)));
         self.extents
             .entry(existing.name.clone())
             .or_default()
-            .extend(added);
+            .extend(allocation.extents);
         self.grows.insert(existing.name.clone(), op);
         Ok(())
+    }
+
+    /// Zeroes the dirty extents of an allocation before the vdisk gets them,
+    /// unless the pool says never: whatever the policy, data a former owner
+    /// left (or a device held before it joined the pool) must not reach a
+    /// new owner.
+    fn scrub_before(&mut self, vdisk: &str, pool: &str, allocation: &Allocation) -> Option<usize> {
+        let policy = self
+            .input
+            .desired
+            .pools
+            .get(pool)
+            .map(|p| p.scrub)
+            .unwrap_or_default();
+        if policy == Scrub::Never || allocation.dirty.is_empty() {
+            return None;
+        }
+        let op = self.push(Op::Scrub {
+            pool: pool.to_owned(),
+            vdisk: vdisk.to_owned(),
+            released: false,
+            extents: allocation.dirty.clone(),
+        });
+        self.diff
+            .edges
+            .extend(allocation.sources.iter().map(|add| (*add, op)));
+        Some(op)
     }
 
     /// Chooses extents as the state DB will, takes them from the plan's free
@@ -369,7 +427,7 @@ impl Builder<'_> {
         pool: &str,
         sectors: u64,
         after: Option<(i64, u64)>,
-    ) -> Result<(Vec<SectorRange>, BTreeSet<usize>), PlanError> {
+    ) -> Result<Allocation, PlanError> {
         let Some(space) = self.spaces.get_mut(pool) else {
             let needed = Size::from_sectors(sectors);
             return Err(PlanError::PoolShort {
@@ -389,21 +447,30 @@ impl Builder<'_> {
                 free: Size::from_sectors(free * space.extent_sectors),
             });
         };
-        let mut extents = Vec::new();
-        let mut sources = BTreeSet::new();
+        let mut allocation = Allocation {
+            extents: Vec::new(),
+            sources: BTreeSet::new(),
+            dirty: Vec::new(),
+        };
         for piece in &pieces {
             take(&mut space.free, piece);
-            sources.extend(space.added_by.get(&piece.device).copied());
+            allocation
+                .sources
+                .extend(space.added_by.get(&piece.device).copied());
             let device = space.devices[&piece.device];
             for index in piece.first..piece.first + piece.len {
-                extents.push(SectorRange {
+                let extent = SectorRange {
                     device,
                     start: index * space.extent_sectors,
                     sectors: space.extent_sectors,
-                });
+                };
+                if space.is_dirty(piece.device, index) {
+                    allocation.dirty.push(extent);
+                }
+                allocation.extents.push(extent);
             }
         }
-        Ok((extents, sources))
+        Ok(allocation)
     }
 
     fn delete(&mut self, existing: &VdiskState, prevent_destroy: bool, why: Option<String>) {
@@ -422,6 +489,31 @@ impl Builder<'_> {
         self.diff
             .edges
             .extend(removals.into_iter().map(|removal| (op, removal)));
+        if self
+            .input
+            .desired
+            .pools
+            .get(&existing.pool)
+            .map(|p| p.scrub)
+            .unwrap_or_default()
+            == Scrub::OnRelease
+        {
+            let scrub = self.push(Op::Scrub {
+                pool: existing.pool.clone(),
+                vdisk: name.clone(),
+                released: true,
+                extents: existing.extents.clone(),
+            });
+            self.diff.edges.push((op, scrub));
+            let removals: BTreeSet<usize> = existing
+                .extents
+                .iter()
+                .filter_map(|e| self.removal_of_device(e.device))
+                .collect();
+            self.diff
+                .edges
+                .extend(removals.into_iter().map(|removal| (scrub, removal)));
+        }
         let context = why.map(|w| format!("{w}; ")).unwrap_or_default();
         if prevent_destroy {
             self.refuse(
