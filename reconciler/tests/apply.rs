@@ -4,6 +4,8 @@
 //! a stale saved plan, EAGAIN storms, two applies racing, and xl's command
 //! lines.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -553,4 +555,93 @@ fn a_new_vdisk_reads_zeros_where_a_deleted_one_wrote() {
             );
         }
     }
+}
+
+/// The walkthrough on a real partition of a loop device, with the vdisk
+/// realised as a loop device over it (`realise = "loop"`): populate in
+/// Domain-0, move to the guest, then delete, which removes the device.
+#[test]
+fn the_walkthrough_on_real_partitions_with_loop_realisation() {
+    if let Some(reason) = common::cannot_use_loop_devices() {
+        eprintln!("SKIPPED the loop walkthrough: {reason}");
+        return;
+    }
+    let mut host = Host::new(GuestPolicy::default(), Faults::default());
+    host.root = PathBuf::from("/");
+    let disk = common::PartitionedLoop::new(
+        &host.dir.path().join("disk.img"),
+        64 << 20,
+        "label: dos\n,16MiB,L\n,,L\n",
+        2,
+    );
+    let pool_device = disk.partition(2);
+    /// Detaches whatever loop devices still map the partition.
+    struct Realisations(String);
+    impl Drop for Realisations {
+        fn drop(&mut self) {
+            if let Ok(output) = Command::new("losetup").args(["-j", &self.0]).output() {
+                for line in String::from_utf8_lossy(&output.stdout).lines() {
+                    if let Some(device) = line.split(':').next() {
+                        let _ = Command::new("losetup").args(["-d", device]).status();
+                    }
+                }
+            }
+        }
+    }
+    let _realisations = Realisations(pool_device.clone());
+    let settings = format!(
+        "[settings]\ntoolstack = \"xenstore\"\nrealise = \"loop\"\n\n[pools.p]\nextent_size = \"1MiB\"\ndevices = [\"{pool_device}\"]\n"
+    );
+    let vdisk = "\n[vdisks.guest1-root]\npool = \"p\"\nsize = \"8MiB\"\n";
+    host.file("populate.toml", &format!("{settings}{vdisk}\n[domains.Domain-0.disks]\nxvda = {{ source = \"vdisk:guest1-root\", mode = \"w\" }}\n"));
+    host.file(
+        "boot.toml",
+        &format!("{settings}{vdisk}\n[domains.Domain-0.disks]\n\n[domains.guest1.disks]\nxvda = {{ source = \"vdisk:guest1-root\", mode = \"w\" }}\n"),
+    );
+    host.file(
+        "gone.toml",
+        &format!("{settings}\n[domains.guest1.disks]\n"),
+    );
+
+    assert_exit(&host.run(&["apply", "populate.toml", "--yes"]), 0);
+    let params = String::from_utf8(
+        host.simulator
+            .store()
+            .read("/local/domain/0/backend/vbd/0/51712/params")
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(params.starts_with("/dev/loop"), "attached to {params}");
+    let name = params.trim_start_matches("/dev/");
+    let backing =
+        std::fs::read_to_string(format!("/sys/class/block/{name}/loop/backing_file")).unwrap();
+    assert_eq!(backing.trim(), pool_device);
+    let sizelimit =
+        std::fs::read_to_string(format!("/sys/class/block/{name}/loop/sizelimit")).unwrap();
+    assert_eq!(sizelimit.trim(), (8u64 << 20).to_string());
+    assert_exit(&host.run(&["plan", "populate.toml"]), 0);
+
+    assert_exit(&host.run(&["apply", "boot.toml", "--yes"]), 0);
+    assert_eq!(host.attached(4), ["51712"]);
+    assert_eq!(
+        host.simulator
+            .store()
+            .read("/local/domain/0/backend/vbd/4/51712/params")
+            .unwrap(),
+        params.as_bytes()
+    );
+    assert_exit(&host.run(&["plan", "boot.toml"]), 0);
+
+    let deleted = host.run(&["apply", "gone.toml", "--yes", "--allow-destroy"]);
+    assert_exit(&deleted, 0);
+    assert!(
+        text(&deleted).contains("remove its block device"),
+        "{}",
+        text(&deleted)
+    );
+    assert!(
+        !Path::new(&format!("/sys/class/block/{name}/loop")).exists(),
+        "{params} was detached"
+    );
 }
