@@ -63,10 +63,13 @@ pub enum ApplyError {
 }
 
 /// What an apply did.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Outcome {
     pub steps: usize,
     pub seconds: f64,
+    /// For each kind of operation (`attach`, `create-vdisk`, ...): how many
+    /// ran and the seconds they took together.
+    pub phases: BTreeMap<String, (usize, f64)>,
 }
 
 /// Test hook: the process aborts, as a `kill -9` would stop it, before
@@ -111,6 +114,7 @@ pub fn execute(
     // Block devices of vdisks realised by this run.
     let mut devices: BTreeMap<String, String> = BTreeMap::new();
     let total = plan.steps.len();
+    let mut phases: BTreeMap<String, (usize, f64)> = BTreeMap::new();
     for step in &plan.steps {
         db.step_started(run, step.id, clock())?;
         killed_here("XENDISK_TEST_KILL_AT_STEP", step.id);
@@ -121,6 +125,13 @@ pub fn execute(
         match result {
             Ok(()) => {
                 db.step_finished(run, step.id, Ok(()), clock())?;
+                let kind = serde_json::to_value(&step.op)
+                    .ok()
+                    .and_then(|v| v.get("op").and_then(|o| o.as_str()).map(str::to_owned))
+                    .unwrap_or_default();
+                let phase = phases.entry(kind).or_default();
+                phase.0 += 1;
+                phase.1 += began.elapsed().as_secs_f64();
                 let _ = writeln!(
                     progress,
                     "[{}/{total}] {what} ... done ({:.2}s)",
@@ -145,6 +156,7 @@ pub fn execute(
     Ok(Outcome {
         steps: total,
         seconds: started.elapsed().as_secs_f64(),
+        phases,
     })
 }
 

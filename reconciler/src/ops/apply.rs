@@ -117,19 +117,34 @@ pub fn apply(options: &ApplyOptions, console: &mut Console<'_>) -> anyhow::Resul
     let source = options.file.display().to_string();
     let clock = || options_now(options);
     writeln!(console.out)?;
+    // A bar on a terminal; plain lines in a pipeline (and in logs).
+    let mut bar_lines;
+    let progress: &mut dyn std::io::Write = if std::io::stdout().is_terminal() {
+        bar_lines = BarLines::new(plan.steps.len());
+        &mut bar_lines
+    } else {
+        &mut *console.out
+    };
     let outcome = apply::execute(
         &plan,
         &host,
         &mut db,
         &mut drivers,
         (&source, &fingerprint),
-        console.out,
+        progress,
         &clock,
     );
+
     match outcome {
         Ok(outcome) => {
             let applied = super::count(outcome.steps, "operation");
             writeln!(console.out, "Applied {applied} in {:.2}s.", outcome.seconds)?;
+            let phases: Vec<String> = outcome
+                .phases
+                .iter()
+                .map(|(kind, (count, seconds))| format!("{kind} {count} ({seconds:.2}s)"))
+                .collect();
+            writeln!(console.out, "By kind: {}.", phases.join(", "))?;
             let Some(desired) = desired else {
                 return Ok(Exit::Success);
             };
@@ -225,4 +240,47 @@ fn drivers(settings: &crate::desired::Settings, options: &ApplyOptions) -> anyho
         realiser,
         simulated_devices: options.no_devices || options.simulated,
     })
+}
+
+/// Progress on a terminal: each line the executor writes becomes a line
+/// above an indicatif bar, which advances by one step.
+struct BarLines {
+    bar: indicatif::ProgressBar,
+    pending: Vec<u8>,
+}
+
+impl BarLines {
+    fn new(steps: usize) -> BarLines {
+        let bar = indicatif::ProgressBar::new(steps as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} steps, {elapsed}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        BarLines {
+            bar,
+            pending: Vec::new(),
+        }
+    }
+}
+
+impl std::io::Write for BarLines {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.pending.extend_from_slice(bytes);
+        while let Some(end) = self.pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.pending.drain(..=end).collect();
+            self.bar.println(String::from_utf8_lossy(&line).trim_end());
+            self.bar.inc(1);
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for BarLines {
+    fn drop(&mut self) {
+        self.bar.finish_and_clear();
+    }
 }
