@@ -180,6 +180,53 @@ impl Write<'_> {
 }
 
 impl Write<'_> {
+    /// Records a new vdisk with no extents yet: `(vdisk, pool, extent
+    /// sectors)`, or `None` when the same vdisk (same pool and size) exists.
+    fn new_vdisk(
+        &self,
+        name: &str,
+        pool: &str,
+        size: Size,
+        expiry: &Expiry,
+    ) -> Result<Option<(i64, i64, u64)>, StateError> {
+        let Some((pool_id, extent_sectors)) = self.pool(pool)? else {
+            return Err(StateError::UnknownPool(pool.to_owned()));
+        };
+        if let Some((_, existing_pool, existing_size, _)) = self.live_vdisk(name)? {
+            if existing_pool == pool_id && existing_size == size.sectors() {
+                return Ok(None);
+            }
+            return Err(StateError::VdiskExists {
+                name: name.to_owned(),
+                pool: pool_name(self, existing_pool)?,
+                size: Size::from_sectors(existing_size),
+            });
+        }
+        let expires_at = expiry_instant(expiry, from_unix(self.now));
+        if let Some(at) = expires_at.filter(|at| to_unix(*at) <= self.now) {
+            return Err(StateError::ExpiryPast {
+                name: name.to_owned(),
+                expiry: *expiry,
+                at,
+            });
+        }
+        self.tx
+            .execute(
+                "INSERT INTO vdisks (name, pool_id, size_sectors, expiry, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    name,
+                    pool_id,
+                    size.sectors() as i64,
+                    expiry.to_string(),
+                    self.now,
+                    expires_at.map(to_unix)
+                ],
+            )
+            .map_err(self.error("creating a vdisk"))?;
+        Ok(Some((self.tx.last_insert_rowid(), pool_id, extent_sectors)))
+    }
+
     /// Gives a vdisk exactly these extents (relative to their pool devices),
     /// numbering them from `position`.
     fn assign_exact(
@@ -241,35 +288,12 @@ impl StateDb {
         now: jiff::Timestamp,
     ) -> Result<(), StateError> {
         self.write(now, "creating a vdisk", |w| {
-            let Some((pool_id, extent_sectors)) = w.pool(pool)? else {
-                return Err(StateError::UnknownPool(pool.to_owned()));
-            };
-            if let Some((_, existing_pool, existing_size, _)) = w.live_vdisk(name)? {
-                if existing_pool == pool_id && existing_size == size.sectors() {
-                    return Ok(());
+            match w.new_vdisk(name, pool, size, expiry)? {
+                None => Ok(()),
+                Some((vdisk_id, pool_id, extent_sectors)) => {
+                    w.assign_exact((name, vdisk_id), (pool_id, extent_sectors), extents, 0)
                 }
-                return Err(StateError::VdiskExists {
-                    name: name.to_owned(),
-                    pool: pool_name(w, existing_pool)?,
-                    size: Size::from_sectors(existing_size),
-                });
             }
-            let expires_at = expiry_instant(expiry, from_unix(w.now));
-            w.tx.execute(
-                "INSERT INTO vdisks (name, pool_id, size_sectors, expiry, created_at, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    name,
-                    pool_id,
-                    size.sectors() as i64,
-                    expiry.to_string(),
-                    w.now,
-                    expires_at.map(to_unix)
-                ],
-            )
-            .map_err(w.error("creating a vdisk"))?;
-            let vdisk_id = w.tx.last_insert_rowid();
-            w.assign_exact((name, vdisk_id), (pool_id, extent_sectors), extents, 0)
         })
     }
 
@@ -461,44 +485,13 @@ impl StateDb {
         now: jiff::Timestamp,
     ) -> Result<(), StateError> {
         self.write(now, "creating a vdisk", |w| {
-            let Some((pool_id, extent_sectors)) = w.pool(pool)? else {
-                return Err(StateError::UnknownPool(pool.to_owned()));
-            };
-            if let Some((_, existing_pool, existing_size, _)) = w.live_vdisk(name)? {
-                if existing_pool == pool_id && existing_size == size.sectors() {
-                    return Ok(());
+            match w.new_vdisk(name, pool, size, expiry)? {
+                None => Ok(()),
+                Some((vdisk_id, pool_id, extent_sectors)) => {
+                    let needed = size.sectors().div_ceil(extent_sectors);
+                    w.allocate((name, vdisk_id), (pool, pool_id, extent_sectors), 0, needed)
                 }
-                return Err(StateError::VdiskExists {
-                    name: name.to_owned(),
-                    pool: pool_name(w, existing_pool)?,
-                    size: Size::from_sectors(existing_size),
-                });
             }
-            let expires_at = expiry_instant(expiry, from_unix(w.now));
-            if let Some(at) = expires_at.filter(|at| to_unix(*at) <= w.now) {
-                return Err(StateError::ExpiryPast {
-                    name: name.to_owned(),
-                    expiry: *expiry,
-                    at,
-                });
-            }
-            let error = w.error("creating a vdisk");
-            w.tx.execute(
-                "INSERT INTO vdisks (name, pool_id, size_sectors, expiry, created_at, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    name,
-                    pool_id,
-                    size.sectors() as i64,
-                    expiry.to_string(),
-                    w.now,
-                    expires_at.map(to_unix)
-                ],
-            )
-            .map_err(&error)?;
-            let vdisk_id = w.tx.last_insert_rowid();
-            let needed = size.sectors().div_ceil(extent_sectors);
-            w.allocate((name, vdisk_id), (pool, pool_id, extent_sectors), 0, needed)
         })
     }
 

@@ -488,7 +488,7 @@ impl Builder<'_> {
             .collect();
         self.diff
             .edges
-            .extend(removals.into_iter().map(|removal| (op, removal)));
+            .extend(removals.iter().map(|removal| (op, *removal)));
         if self
             .input
             .desired
@@ -505,14 +505,9 @@ impl Builder<'_> {
                 extents: existing.extents.clone(),
             });
             self.diff.edges.push((op, scrub));
-            let removals: BTreeSet<usize> = existing
-                .extents
-                .iter()
-                .filter_map(|e| self.removal_of_device(e.device))
-                .collect();
             self.diff
                 .edges
-                .extend(removals.into_iter().map(|removal| (scrub, removal)));
+                .extend(removals.iter().map(|removal| (scrub, *removal)));
         }
         let context = why.map(|w| format!("{w}; ")).unwrap_or_default();
         if prevent_destroy {
