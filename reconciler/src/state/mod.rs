@@ -14,6 +14,7 @@
 //! names are data, and failures are errors instead of `-1`.
 
 pub mod alloc;
+mod devices;
 mod journal;
 mod legacy;
 mod read;
