@@ -6,21 +6,31 @@
 //! module per step:
 //!
 //! ```text
-//! desired.toml ──► desired ──► Desired ─┐
-//! state DB ──────► state ────► Actual ──┼─► plan ─► safety ─► render (text, JSON, DOT)
-//! xenstore, /proc, /sys ─► observe ─────┘                  └─► apply ─► drivers
+//! desired.toml ──► desired ──► Desired ───────┐
+//! state DB ──────► state ────► StateSnapshot ─┼─► plan ─► safety ─► Plan ─► render (text, JSON, DOT)
+//! xenstore, /proc, /sys ─► observe ─► HostState┘                        └─► apply ─► drivers
 //! ```
 //!
-//! Each step takes plain values and returns plain values; only `apply` changes
-//! the host, and only `observe` and `state` read it.
+//! Each step takes plain values and returns plain values. `observe` and
+//! `state` read the host and the state DB; `plan` and `safety` are pure;
+//! only `apply` changes anything.
 //!
-//! What exists today:
-//!
-//! - [`desired`]: reads a desired-state file into the [`desired::Desired`]
-//!   model and validates it, reporting every problem at `file:line:column`.
-//! - [`vdev`]: guest-side device names and their xenstore ids.
-//! - [`diagnostic`]: located problems, rendered for a person.
-//! - [`schema`]: JSON Schemas generated from the types.
+//! - [`desired`]: the desired-state file: model, parsing, validation with
+//!   every problem located at `file:line:column`.
+//! - [`state`]: the SQLite state DB (pools, extents, vdisks, the apply
+//!   journal) and its allocator; `import --legacy` of the ancestor's DB.
+//! - [`observe`]: xenstore (domains, attachments) and dom0's own use of
+//!   disks (mounts, swap, holders), and snapshots of both.
+//! - [`plan`]: desired against actual: operations, their order, the
+//!   allocations new vdisks will get; [`generate`] goes the other way.
+//! - [`safety`]: the sharing check at every step of a plan.
+//! - [`apply`]: carrying a plan out: lock, journal, toolstacks, block
+//!   devices, scrubbing.
+//! - [`render`]: what people and programs read.
+//! - [`sim`]: a xenstored simulator, for tests and for trying xendisk.
+//! - [`vdev`], [`extent`], [`diagnostic`], [`xs_wire`], [`xs_client`]:
+//!   the shared vocabulary (device names, sector ranges, located errors,
+//!   the xenstore wire format and a client for what xenstore-rs lacks).
 //! - [`ops`]: the commands as functions, called by the thin `main.rs`.
 
 pub mod apply;
