@@ -3,8 +3,8 @@
 //!
 //! Pure: it gets the desired state, the state DB snapshot and the observed
 //! host as values and returns a [`Plan`] value; it reads no file and asks no
-//! daemon. The steps, each in its own module: [`diff`] finds the operations
-//! (and the allocations new vdisks will get), [`graph`] orders them, and
+//! daemon. The steps, each in its own module: `diff` finds the operations
+//! (and the allocations new vdisks will get), `graph` orders them, and
 //! [`crate::safety`] checks every intermediate state.
 
 pub mod actual;
