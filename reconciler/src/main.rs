@@ -111,6 +111,9 @@ enum Command {
         /// Create no block devices: for a simulated host, where vdisks are attached by path.
         #[arg(long)]
         no_devices: bool,
+        /// How many attaches and detaches may run at once (waiting for guests is the slow part).
+        #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+        parallelism: u16,
         /// Make attachments this way for this run, whatever settings.toolstack says.
         #[arg(long, value_enum)]
         toolstack: Option<ToolstackChoice>,
@@ -292,6 +295,7 @@ fn run_command(cli: Cli, simulated: bool, console: &mut Console<'_>) -> anyhow::
             force_detach,
             no_devices,
             toolstack,
+            parallelism,
         } => {
             let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
             let options = ops::ApplyOptions {
@@ -303,6 +307,7 @@ fn run_command(cli: Cli, simulated: bool, console: &mut Console<'_>) -> anyhow::
                 release_timeout: Duration::from_secs(release_timeout),
                 force_detach,
                 no_devices,
+                parallelism: usize::from(parallelism),
                 toolstack: toolstack.map(|t| match t {
                     ToolstackChoice::Xl => xendisk::desired::Toolstack::Xl,
                     ToolstackChoice::Xenstore => xendisk::desired::Toolstack::Xenstore,

@@ -645,3 +645,65 @@ fn the_walkthrough_on_real_partitions_with_loop_realisation() {
         "{params} was detached"
     );
 }
+
+/// Four guests give their disks back, each after 300 ms: with
+/// `--parallelism 4` the detaches overlap (the journal shows a detach
+/// starting before another finished); with `--parallelism 1` they never do.
+#[test]
+fn detaches_overlap_with_parallelism_and_never_without() {
+    for (parallelism, overlap) in [("4", true), ("1", false)] {
+        let guests = GuestPolicy {
+            close_delay: Duration::from_millis(300),
+            never_close: Default::default(),
+        };
+        let host = Host::new(guests, Faults::default());
+        host.file("desired.toml", &many_operations());
+        let detached = many_operations()
+            .split("[domains.")
+            .next()
+            .map(|head| format!("{head}[domains.guest1.disks]\n[domains.guest2.disks]\n[domains.guest3.disks]\n[domains.guest4.disks]\n"))
+            .unwrap();
+        host.file("detached.toml", &detached);
+        assert_exit(
+            &host.apply("desired.toml", &["--parallelism", parallelism]),
+            0,
+        );
+        assert_exit(
+            &host.apply("detached.toml", &["--parallelism", parallelism]),
+            0,
+        );
+        for domid in 4..=7 {
+            assert!(
+                host.attached(domid).is_empty(),
+                "parallelism {parallelism}: domid {domid} still has disks"
+            );
+        }
+        let runs: serde_json::Value =
+            serde_json::from_slice(&host.run(&["state", "--runs", "--json"]).stdout).unwrap();
+        let steps = runs[0]["steps"].as_array().unwrap();
+        let span = |step: &serde_json::Value| {
+            let time = |key: &str| {
+                step[key]
+                    .as_str()
+                    .unwrap()
+                    .parse::<jiff::Timestamp>()
+                    .unwrap()
+            };
+            (time("started_at"), time("finished_at"))
+        };
+        let detaches: Vec<_> = steps
+            .iter()
+            .filter(|s| s["op"]["op"] == "detach")
+            .map(span)
+            .collect();
+        assert_eq!(detaches.len(), 12);
+        let overlapping = detaches
+            .iter()
+            .enumerate()
+            .any(|(i, a)| detaches[i + 1..].iter().any(|b| a.0 < b.1 && b.0 < a.1));
+        assert_eq!(
+            overlapping, overlap,
+            "parallelism {parallelism}: {detaches:?}"
+        );
+    }
+}

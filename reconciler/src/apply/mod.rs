@@ -11,8 +11,9 @@ pub mod realise;
 pub mod scrub;
 pub mod toolstack;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
+use std::sync::mpsc;
 use std::time::Instant;
 
 use crate::desired::Source;
@@ -29,6 +30,30 @@ pub struct Drivers {
     pub realiser: Box<dyn Realiser>,
     /// No device is behind a simulated host: scrubs zero nothing.
     pub simulated_devices: bool,
+    /// Attaches and detaches may run on up to this many threads at once
+    /// (the slow part of an apply is waiting for guests); 1 runs every
+    /// step in turn on the caller's thread.
+    pub parallelism: usize,
+    /// Makes a toolstack for a worker thread.
+    pub worker_toolstack: Box<WorkerToolstack>,
+}
+
+/// What makes a toolstack for a worker thread.
+pub type WorkerToolstack = dyn Fn() -> Result<Box<dyn Toolstack + Send>, ToolstackError> + Sync;
+
+/// An attach or detach, prepared on the caller's thread for a worker.
+enum ToolstackJob {
+    Attach(AttachRequest),
+    Detach(DetachRequest),
+}
+
+impl ToolstackJob {
+    fn run(&self, toolstack: &mut dyn Toolstack) -> Result<(), ToolstackError> {
+        match self {
+            ToolstackJob::Attach(request) => toolstack.attach(request),
+            ToolstackJob::Detach(request) => toolstack.detach(request),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,8 +110,10 @@ fn killed_here(variable: &str, step: usize) {
     }
 }
 
-/// Runs the plan's steps in order, journaling each; stops at the first
-/// failure. `clock` gives the time (tests fix it).
+/// Runs the plan's steps, each once all the steps it depends on are done,
+/// journaling each; attaches and detaches may overlap (see
+/// [`Drivers::parallelism`]). After a failure nothing new starts; the steps
+/// already running finish. `clock` gives the time (tests fix it).
 pub fn execute(
     plan: &Plan,
     host: &HostState,
@@ -111,17 +138,148 @@ pub fn execute(
     let run = db.begin_run(source, fingerprint, &steps, clock())?;
     let state = db.snapshot(clock())?;
     let index = ActualIndex::new(&state, host);
+    let total = plan.steps.len();
+    let by_id: BTreeMap<usize, &Step> = plan.steps.iter().map(|s| (s.id, s)).collect();
+    let mut waiting: BTreeMap<usize, usize> = plan
+        .steps
+        .iter()
+        .map(|s| (s.id, s.depends_on.len()))
+        .collect();
+    let mut dependents: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for step in &plan.steps {
+        for dependency in &step.depends_on {
+            dependents.entry(*dependency).or_default().push(step.id);
+        }
+    }
+    let mut ready: BTreeSet<usize> = waiting
+        .iter()
+        .filter(|(_, n)| **n == 0)
+        .map(|(id, _)| *id)
+        .collect();
     // Block devices of vdisks realised by this run.
     let mut devices: BTreeMap<String, String> = BTreeMap::new();
-    let total = plan.steps.len();
-    let mut phases: BTreeMap<String, (usize, f64)> = BTreeMap::new();
-    for step in &plan.steps {
-        db.step_started(run, step.id, clock())?;
-        killed_here("XENDISK_TEST_KILL_AT_STEP", step.id);
-        let began = Instant::now();
-        let result = run_step(step, host, db, drivers, &index, &mut devices, clock);
+    let mut execution = Execution {
+        phases: BTreeMap::new(),
+        failure: None,
+    };
+    let (sender, receiver) = mpsc::channel::<(usize, Result<(), StepError>, Instant)>();
+    let limit = drivers.parallelism.max(1);
+    let Drivers {
+        toolstack,
+        realiser,
+        simulated_devices,
+        worker_toolstack,
+        ..
+    } = drivers;
+    let worker_toolstack = &**worker_toolstack;
+    std::thread::scope(|scope| -> Result<(), ApplyError> {
+        let mut in_flight = 0;
+        loop {
+            // Start what can start, in plan order, workers permitting.
+            while execution.failure.is_none() {
+                let on_worker = |id: &usize| {
+                    limit > 1 && matches!(by_id[id].op, Op::Attach { .. } | Op::Detach { .. })
+                };
+                let Some(id) = ready
+                    .iter()
+                    .copied()
+                    .find(|id| !on_worker(id) || in_flight < limit)
+                else {
+                    break;
+                };
+                ready.remove(&id);
+                let step = by_id[&id];
+                db.step_started(run, id, clock())?;
+                killed_here("XENDISK_TEST_KILL_AT_STEP", id);
+                let began = Instant::now();
+                if on_worker(&id) {
+                    let job = toolstack_job(step, &index, &devices);
+                    let sender = sender.clone();
+                    in_flight += 1;
+                    scope.spawn(move || {
+                        let result =
+                            worker_toolstack().and_then(|mut toolstack| job.run(&mut *toolstack));
+                        let _ = sender.send((id, result.map_err(StepError::from), began));
+                    });
+                    continue;
+                }
+                let mut drivers = StepDrivers {
+                    toolstack: &mut **toolstack,
+                    realiser: &mut **realiser,
+                    simulated: *simulated_devices,
+                };
+                let result = run_step(step, host, db, &mut drivers, &index, &mut devices, clock);
+                if execution.finished(
+                    step,
+                    result,
+                    began,
+                    (db, run, clock),
+                    (&mut *progress, total),
+                )? {
+                    release(id, &mut waiting, &dependents, &mut ready);
+                }
+            }
+            if in_flight == 0 {
+                return Ok(());
+            }
+            let (id, result, began) = receiver.recv().expect("a worker sends before it ends");
+            in_flight -= 1;
+            if execution.finished(
+                by_id[&id],
+                result,
+                began,
+                (db, run, clock),
+                (&mut *progress, total),
+            )? {
+                release(id, &mut waiting, &dependents, &mut ready);
+            }
+        }
+    })?;
+    if let Some((step, what, error)) = execution.failure {
+        db.finish_run(run, false, clock())?;
+        return Err(ApplyError::Step {
+            step,
+            what,
+            source: Box::new(error),
+        });
+    }
+    db.finish_run(run, true, clock())?;
+    Ok(Outcome {
+        steps: total,
+        seconds: started.elapsed().as_secs_f64(),
+        phases: execution.phases,
+    })
+}
+
+/// The drivers a step on the caller's thread uses.
+struct StepDrivers<'a> {
+    toolstack: &'a mut dyn Toolstack,
+    realiser: &'a mut dyn Realiser,
+    simulated: bool,
+}
+
+/// What an execution keeps as steps finish.
+struct Execution {
+    phases: BTreeMap<String, (usize, f64)>,
+    /// The first step that failed: its id, its line, why.
+    failure: Option<(usize, String, StepError)>,
+}
+
+impl Execution {
+    /// Journals a finished step; true when it succeeded.
+    fn finished(
+        &mut self,
+        step: &Step,
+        result: Result<(), StepError>,
+        began: Instant,
+        journal: (&mut StateDb, i64, &dyn Fn() -> jiff::Timestamp),
+        progress: (&mut dyn Write, usize),
+    ) -> Result<bool, ApplyError> {
+        let (db, run, clock) = journal;
+        let (progress, total) = progress;
         killed_here("XENDISK_TEST_KILL_AFTER_STEP", step.id);
         let what = crate::render::plan::step_line(step);
+        let seconds = began.elapsed().as_secs_f64();
         match result {
             Ok(()) => {
                 db.step_finished(run, step.id, Ok(()), clock())?;
@@ -129,42 +287,104 @@ pub fn execute(
                     .ok()
                     .and_then(|v| v.get("op").and_then(|o| o.as_str()).map(str::to_owned))
                     .unwrap_or_default();
-                let phase = phases.entry(kind).or_default();
+                let phase = self.phases.entry(kind).or_default();
                 phase.0 += 1;
-                phase.1 += began.elapsed().as_secs_f64();
+                phase.1 += seconds;
                 let _ = writeln!(
                     progress,
-                    "[{}/{total}] {what} ... done ({:.2}s)",
-                    step.id,
-                    began.elapsed().as_secs_f64()
+                    "[{}/{total}] {what} ... done ({seconds:.2}s)",
+                    step.id
                 );
+                Ok(true)
             }
             Err(error) => {
-                let message = error.to_string();
-                db.step_finished(run, step.id, Err(&message), clock())?;
-                db.finish_run(run, false, clock())?;
+                db.step_finished(run, step.id, Err(&error.to_string()), clock())?;
                 let _ = writeln!(progress, "[{}/{total}] {what} ... FAILED", step.id);
-                return Err(ApplyError::Step {
-                    step: step.id,
-                    what,
-                    source: Box::new(error),
-                });
+                if self.failure.is_none() {
+                    self.failure = Some((step.id, what, error));
+                }
+                Ok(false)
             }
         }
     }
-    db.finish_run(run, true, clock())?;
-    Ok(Outcome {
-        steps: total,
-        seconds: started.elapsed().as_secs_f64(),
-        phases,
-    })
+}
+
+/// After step `id` succeeded, its dependents with nothing else to wait for
+/// become ready.
+fn release(
+    id: usize,
+    waiting: &mut BTreeMap<usize, usize>,
+    dependents: &BTreeMap<usize, Vec<usize>>,
+    ready: &mut BTreeSet<usize>,
+) {
+    for dependent in dependents.get(&id).into_iter().flatten() {
+        if let Some(count) = waiting.get_mut(dependent) {
+            *count -= 1;
+            if *count == 0 {
+                ready.insert(*dependent);
+            }
+        }
+    }
+}
+
+/// The request an attach or detach step makes of the toolstack.
+fn toolstack_job(
+    step: &Step,
+    index: &ActualIndex<'_>,
+    devices: &BTreeMap<String, String>,
+) -> ToolstackJob {
+    match &step.op {
+        Op::Attach {
+            domain,
+            domid,
+            vdev,
+            devid,
+            source,
+            mode,
+        } => {
+            let (target, kind) = match source {
+                Source::Vdisk(name) => {
+                    let device = devices
+                        .get(name)
+                        .cloned()
+                        .or_else(|| index.device_of(name))
+                        .unwrap_or_else(|| realise::mapper_path(name));
+                    (device, "phy")
+                }
+                Source::Phy(path) => (path.clone(), "phy"),
+                Source::File(path) => (path.clone(), "file"),
+            };
+            ToolstackJob::Attach(AttachRequest {
+                domain: domain.clone(),
+                domid: *domid,
+                vdev: vdev.clone(),
+                devid: *devid,
+                target,
+                kind,
+                mode: *mode,
+            })
+        }
+        Op::Detach {
+            domain,
+            domid,
+            vdev,
+            devid,
+            ..
+        } => ToolstackJob::Detach(DetachRequest {
+            domain: domain.clone(),
+            domid: *domid,
+            vdev: vdev.clone(),
+            devid: *devid,
+        }),
+        other => unreachable!("not an attach or a detach: {other:?}"),
+    }
 }
 
 fn run_step(
     step: &Step,
     host: &HostState,
     db: &mut StateDb,
-    drivers: &mut Drivers,
+    drivers: &mut StepDrivers<'_>,
     index: &ActualIndex<'_>,
     devices: &mut BTreeMap<String, String>,
     clock: &dyn Fn() -> jiff::Timestamp,
@@ -227,7 +447,7 @@ fn run_step(
                     .get(&device)
                     .cloned()
                     .unwrap_or_else(|| device.to_string());
-                scrub::zero(&path, &ranges, drivers.simulated_devices)?;
+                scrub::zero(&path, &ranges, drivers.simulated)?;
                 for (start, sectors) in ranges {
                     db.mark_scrubbed(device, start / sectors, 1, clock())?;
                 }
@@ -242,51 +462,8 @@ fn run_step(
             let request = realise_request(db, vdisk, clock)?;
             drivers.realiser.unrealise(&request)?;
         }
-        Op::Attach {
-            domain,
-            domid,
-            vdev,
-            devid,
-            source,
-            mode,
-        } => {
-            let (target, kind) = match source {
-                Source::Vdisk(name) => {
-                    let device = devices
-                        .get(name)
-                        .cloned()
-                        .or_else(|| index.device_of(name))
-                        .unwrap_or_else(|| realise::mapper_path(name));
-                    (device, "phy")
-                }
-                Source::Phy(path) => (path.clone(), "phy"),
-                Source::File(path) => (path.clone(), "file"),
-            };
-            let request = AttachRequest {
-                domain: domain.clone(),
-                domid: *domid,
-                vdev: vdev.clone(),
-                devid: *devid,
-                target,
-                kind,
-                mode: *mode,
-            };
-            drivers.toolstack.attach(&request)?;
-        }
-        Op::Detach {
-            domain,
-            domid,
-            vdev,
-            devid,
-            ..
-        } => {
-            let request = DetachRequest {
-                domain: domain.clone(),
-                domid: *domid,
-                vdev: vdev.clone(),
-                devid: *devid,
-            };
-            drivers.toolstack.detach(&request)?;
+        Op::Attach { .. } | Op::Detach { .. } => {
+            toolstack_job(step, index, devices).run(&mut *drivers.toolstack)?;
         }
     }
     Ok(())

@@ -27,6 +27,8 @@ pub struct ApplyOptions {
     pub force_detach: bool,
     /// Make no block devices (a simulated host): attach vdisks by path.
     pub no_devices: bool,
+    /// How many attaches and detaches may run at once.
+    pub parallelism: usize,
     /// Overrides `settings.toolstack` for this run.
     pub toolstack: Option<Toolstack>,
     /// A simulated host (`--sim`): attachments go straight to its xenstore,
@@ -214,17 +216,20 @@ fn confirmed(
 }
 
 fn drivers(settings: &crate::desired::Settings, options: &ApplyOptions) -> anyhow::Result<Drivers> {
-    let toolstack: Box<dyn toolstack::Toolstack> =
-        match options.toolstack.unwrap_or(settings.toolstack) {
-            Toolstack::Xl if options.simulated => Box::new(toolstack::XenstoreToolstack::connect(
-                options.release_timeout,
-                options.force_detach,
-            )?),
-            Toolstack::Xl => Box::new(toolstack::XlToolstack::connect("xl".to_owned())?),
-            Toolstack::Xenstore => Box::new(toolstack::XenstoreToolstack::connect(
-                options.release_timeout,
-                options.force_detach,
-            )?),
+    // A simulated host has no xl: the toolstack's writes go to its xenstore.
+    let direct =
+        options.simulated || options.toolstack.unwrap_or(settings.toolstack) == Toolstack::Xenstore;
+    let (release_timeout, force_detach) = (options.release_timeout, options.force_detach);
+    let make =
+        move || -> Result<Box<dyn toolstack::Toolstack + Send>, toolstack::ToolstackError> {
+            Ok(if direct {
+                Box::new(toolstack::XenstoreToolstack::connect(
+                    release_timeout,
+                    force_detach,
+                )?)
+            } else {
+                Box::new(toolstack::XlToolstack::connect("xl".to_owned())?)
+            })
         };
     let realiser: Box<dyn realise::Realiser> = if options.no_devices || options.simulated {
         Box::new(realise::PathOnly)
@@ -236,9 +241,11 @@ fn drivers(settings: &crate::desired::Settings, options: &ApplyOptions) -> anyho
         }
     };
     Ok(Drivers {
-        toolstack,
+        toolstack: make()?,
         realiser,
         simulated_devices: options.no_devices || options.simulated,
+        parallelism: options.parallelism,
+        worker_toolstack: Box::new(make),
     })
 }
 

@@ -30,6 +30,8 @@ pub struct StepRecord {
     /// `pending`, `running`, `done` or `failed`.
     pub status: String,
     pub error: Option<String>,
+    pub started_at: Option<jiff::Timestamp>,
+    pub finished_at: Option<jiff::Timestamp>,
     pub milliseconds: Option<i64>,
 }
 
@@ -171,7 +173,8 @@ impl StateDb {
         let mut steps = self
             .connection
             .prepare(
-                "SELECT step, op, status, error, finished_at - started_at FROM journal WHERE run_id = ?1 ORDER BY step",
+                "SELECT step, op, status, error, started_at, finished_at, finished_at - started_at
+                 FROM journal WHERE run_id = ?1 ORDER BY step",
             )
             .map_err(&error)?;
         for run in &mut runs {
@@ -183,7 +186,9 @@ impl StateDb {
                         op: serde_json::from_str(&op).unwrap_or(serde_json::Value::String(op)),
                         status: row.get(2)?,
                         error: row.get(3)?,
-                        milliseconds: row.get(4)?,
+                        started_at: row.get::<_, Option<i64>>(4)?.map(from_millis),
+                        finished_at: row.get::<_, Option<i64>>(5)?.map(from_millis),
+                        milliseconds: row.get(6)?,
                     })
                 })
                 .map_err(&error)?
