@@ -437,9 +437,17 @@ xvdc = { source = "phy:/dev/sdc", mode = "r" }
         bin.display(),
         std::env::var("PATH").unwrap_or_default()
     );
+    // One step at a time, so that the lines come in the plan's order.
     let output = host
         .command(
-            &["apply", "desired.toml", "--yes", "--no-devices"],
+            &[
+                "apply",
+                "desired.toml",
+                "--yes",
+                "--no-devices",
+                "--parallelism",
+                "1",
+            ],
             &[("PATH", path)],
         )
         .output()
