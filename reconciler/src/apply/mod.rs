@@ -6,6 +6,7 @@
 //! instant is finished by the next one, which plans again from what the
 //! host then is: what was done is no longer in the plan.
 
+pub mod command;
 pub mod lock;
 pub mod realise;
 pub mod scrub;

@@ -4,10 +4,9 @@
 //! offset and a size limit (which works where device-mapper is absent).
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
+use super::command::{CommandError, run};
 use crate::extent::{DevNum, SectorRange};
 
 /// A vdisk to realise: its extents in order, relative to their pool devices.
@@ -27,17 +26,8 @@ pub enum RealiseError {
     NotContiguous { vdisk: String, segments: usize },
     #[error("vdisk `{vdisk}` has no extents in the state DB")]
     Empty { vdisk: String },
-    #[error("`{command}` failed ({status}): {output}")]
-    Command {
-        command: String,
-        status: String,
-        output: String,
-    },
-    #[error("cannot run `{command}`: {source}")]
-    Spawn {
-        command: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Command(#[from] CommandError),
 }
 
 pub trait Realiser {
@@ -80,51 +70,6 @@ pub fn dm_table(extents: &[SectorRange]) -> String {
     table
 }
 
-fn run(program: &str, args: &[String], input: Option<&str>) -> Result<String, RealiseError> {
-    let command = format!("{program} {}", shell_words::join(args));
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| RealiseError::Spawn {
-            command: command.clone(),
-            source,
-        })?;
-    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
-        stdin
-            .write_all(text.as_bytes())
-            .map_err(|source| RealiseError::Spawn {
-                command: command.clone(),
-                source,
-            })?;
-    }
-    let output = child
-        .wait_with_output()
-        .map_err(|source| RealiseError::Spawn {
-            command: command.clone(),
-            source,
-        })?;
-    if !output.status.success() {
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        return Err(RealiseError::Command {
-            command,
-            status: output.status.to_string(),
-            output: text.trim().to_owned(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
-}
-
 /// Device-mapper linear devices, through `dmsetup`.
 pub struct DeviceMapper;
 
@@ -158,6 +103,7 @@ impl Realiser for DeviceMapper {
             None,
         )
         .map(|_| ())
+        .map_err(RealiseError::from)
     }
 }
 
@@ -219,13 +165,13 @@ impl Realiser for LoopDevice {
             &sizelimit.to_string(),
             &file,
         ];
-        run("losetup", &args.map(str::to_owned), None)
+        Ok(run("losetup", &args.map(str::to_owned), None)?)
     }
 
     fn unrealise(&mut self, request: &RealiseRequest) -> Result<(), RealiseError> {
         let (file, offset, sizelimit) = LoopDevice::window(request)?;
         match LoopDevice::existing(&file, offset, sizelimit) {
-            Some(device) => run("losetup", &["--detach".into(), device], None).map(|_| ()),
+            Some(device) => Ok(run("losetup", &["--detach".into(), device], None).map(|_| ())?),
             None => Ok(()),
         }
     }

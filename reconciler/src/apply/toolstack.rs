@@ -3,9 +3,9 @@
 //! idempotent: an identical attachment is left as it is, a missing one is
 //! already detached.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use super::command::{CommandError, run};
 use crate::desired::Mode;
 use crate::xs_client::{Tx, XsClient, XsError};
 
@@ -60,17 +60,8 @@ pub enum ToolstackError {
         vdev: String,
         existing: String,
     },
-    #[error("`{command}` failed ({status}): {output}")]
-    Command {
-        command: String,
-        status: String,
-        output: String,
-    },
-    #[error("cannot run `{command}`: {source}")]
-    Spawn {
-        command: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Command(#[from] CommandError),
 }
 
 pub trait Toolstack {
@@ -260,27 +251,8 @@ impl XlToolstack {
     }
 
     fn run(&self, args: &[String]) -> Result<(), ToolstackError> {
-        let command = format!("{} {}", self.program, shell_words::join(args));
-        let output = Command::new(&self.program)
-            .args(args)
-            .output()
-            .map_err(|source| ToolstackError::Spawn {
-                command: command.clone(),
-                source,
-            })?;
-        if output.status.success() {
-            return Ok(());
-        }
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Err(ToolstackError::Command {
-            command,
-            status: output.status.to_string(),
-            output: text.trim().to_owned(),
-        })
+        run(&self.program, args, None)?;
+        Ok(())
     }
 }
 
