@@ -505,7 +505,7 @@ fn write_at(path: &str, offset: u64, bytes: &[u8]) {
 fn a_new_vdisk_reads_zeros_where_a_deleted_one_wrote() {
     // SAFETY: geteuid has no preconditions.
     if !Path::new("/dev/loop-control").exists() || unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED the scrub test: it needs root and /dev/loop-control");
+        common::skipped("the scrub test", "it needs root and /dev/loop-control");
         return;
     }
     for policy in ["on-release", "on-allocate"] {
@@ -571,7 +571,7 @@ fn a_new_vdisk_reads_zeros_where_a_deleted_one_wrote() {
 #[test]
 fn the_walkthrough_on_real_partitions_with_loop_realisation() {
     if let Some(reason) = common::cannot_use_loop_devices() {
-        eprintln!("SKIPPED the loop walkthrough: {reason}");
+        common::skipped("the loop walkthrough", &reason);
         return;
     }
     let mut host = Host::new(GuestPolicy::default(), Faults::default());

@@ -15,7 +15,7 @@ fn a_mounted_partition_is_reported_as_its_sectors_on_the_loop_disk() {
         if std::env::var_os("CI").is_some() && reason != "/dev/loop-control is missing" {
             panic!("the loop-device test cannot run in CI: {reason}");
         }
-        eprintln!("SKIPPED the loop-device test: {reason}");
+        common::skipped("the loop-device test", &reason);
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -39,7 +39,11 @@ fn client(simulator: &Simulator, program: &str, args: &[&str]) -> Option<(bool, 
             panic!("{program} is missing: .ci/run installs xenstore-utils")
         }
         Err(_) => {
-            eprintln!("skipped: {program} is not installed (apt-get install xenstore-utils)");
+            use std::io::Write;
+            let message = format!(
+                "SKIPPED a check with Debian's clients: {program} is not installed (apt-get install xenstore-utils)"
+            );
+            let _ = writeln!(std::io::stderr(), "{message}");
             return None;
         }
     };

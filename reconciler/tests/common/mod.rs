@@ -5,6 +5,14 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+/// Says, where the CI log shows it, that a test did not run and why. (The
+/// test harness keeps what `eprintln!` prints of a passing test to itself;
+/// a direct write to standard error is not captured.)
+pub fn skipped(test: &str, reason: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {reason}");
+}
+
 /// Why this machine cannot run real block device tests, if it cannot.
 pub fn cannot_use_loop_devices() -> Option<String> {
     if !Path::new("/dev/loop-control").exists() {
