@@ -384,9 +384,10 @@ fn two_applies_racing_apply_once() {
 
 #[test]
 fn a_second_apply_gives_up_after_the_lock_timeout() {
-    // The first apply waits on a guest that takes 2 s to release its disk.
+    // The first apply waits on a guest that takes 4 s to release its disk;
+    // the second comes 1.5 s later, when the first surely holds the lock.
     let guests = GuestPolicy {
-        close_delay: Duration::from_secs(2),
+        close_delay: Duration::from_secs(4),
         never_close: Default::default(),
     };
     let host = Host::new(guests, Faults::default());
@@ -399,7 +400,7 @@ fn a_second_apply_gives_up_after_the_lock_timeout() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(1500));
     let impatient = host.apply("boot.toml", &["--lock-timeout", "0"]);
     assert_exit(&impatient, 1);
     assert!(

@@ -145,9 +145,13 @@ pub fn read_xenstore() -> Result<XenstoreView, XenstoreError> {
                     params: node("params")?.unwrap_or_default(),
                     mode: node("mode")?.unwrap_or_default(),
                     kind: node("type")?.unwrap_or_default(),
-                    physical_device: node("physical-device")?
-                        .as_deref()
-                        .and_then(parse_physical_device),
+                    physical_device: node("physical-device")?.as_deref().and_then(|text| {
+                        let parsed = parse_physical_device(text);
+                        if parsed.is_none() {
+                            tracing::warn!("{dir}/physical-device is {text:?}, not major:minor in hexadecimal; ignored");
+                        }
+                        parsed
+                    }),
                 });
             }
         }
