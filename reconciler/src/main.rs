@@ -313,6 +313,10 @@ fn run_command(cli: Cli, simulated: bool, console: &mut Console<'_>) -> anyhow::
                     ToolstackChoice::Xenstore => xendisk::desired::Toolstack::Xenstore,
                 }),
                 simulated,
+                pinned_time: match std::env::var_os("XENDISK_NOW") {
+                    Some(_) => Some(now()?),
+                    None => None,
+                },
                 colour,
             };
             ops::apply(&options, console)?

@@ -412,6 +412,16 @@ pub enum Sharing {
     Unsafe,
 }
 
+impl fmt::Display for Sharing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Sharing::Exclusive => "exclusive",
+            Sharing::SingleWriter => "single-writer",
+            Sharing::Unsafe => "unsafe",
+        })
+    }
+}
+
 /// How attachments are made.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
@@ -501,6 +511,13 @@ mod tests {
             assert!(bad.parse::<Expiry>().is_err(), "{bad:?} accepted");
         }
         assert_eq!(Expiry::AfterCreation { seconds: 5400 }.to_string(), "90m");
+    }
+
+    #[test]
+    fn sharing_levels_print_as_they_are_written() {
+        for level in [Sharing::Exclusive, Sharing::SingleWriter, Sharing::Unsafe] {
+            assert_eq!(serde_json::to_value(level).unwrap(), level.to_string());
+        }
     }
 
     #[test]

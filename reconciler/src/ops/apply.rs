@@ -27,6 +27,8 @@ pub struct ApplyOptions {
     pub force_detach: bool,
     /// Make no block devices (a simulated host): attach vdisks by path.
     pub no_devices: bool,
+    /// A fixed time for the journal (tests pin the clock); the real time when `None`.
+    pub pinned_time: Option<jiff::Timestamp>,
     /// How many attaches and detaches may run at once.
     pub parallelism: usize,
     /// Overrides `settings.toolstack` for this run.
@@ -182,13 +184,9 @@ pub fn apply(options: &ApplyOptions, console: &mut Console<'_>) -> anyhow::Resul
     }
 }
 
-/// The clock: `XENDISK_NOW` pins it for tests; otherwise the real time.
+/// The time the journal records: pinned when the caller pinned it.
 fn options_now(options: &ApplyOptions) -> jiff::Timestamp {
-    if std::env::var_os("XENDISK_NOW").is_some() {
-        options.actual.now
-    } else {
-        jiff::Timestamp::now()
-    }
+    options.pinned_time.unwrap_or_else(jiff::Timestamp::now)
 }
 
 /// `--yes`, or a person who typed yes at the prompt.

@@ -57,15 +57,21 @@ pub struct ValidateOptions {
     pub now: jiff::Timestamp,
 }
 
-/// Validates each file and reports every problem of every file.
-pub fn validate(options: &ValidateOptions, console: &mut Console<'_>) -> anyhow::Result<Exit> {
-    let snapshot = StateDb::open_read_only(&options.state)?.snapshot(options.now)?;
-    let capacities: Capacities = snapshot
+/// The sizes of the pool devices the state DB records, by path: what
+/// validation checks vdisk sizes against.
+pub(crate) fn capacities(state: &crate::state::StateSnapshot) -> Capacities {
+    state
         .pools
         .iter()
         .flat_map(|pool| &pool.devices)
         .map(|device| (device.path.clone(), Size::from_sectors(device.sectors)))
-        .collect();
+        .collect()
+}
+
+/// Validates each file and reports every problem of every file.
+pub fn validate(options: &ValidateOptions, console: &mut Console<'_>) -> anyhow::Result<Exit> {
+    let snapshot = StateDb::open_read_only(&options.state)?.snapshot(options.now)?;
+    let capacities = capacities(&snapshot);
     let mut exit = Exit::Success;
     for file in &options.files {
         match desired::load(file, &capacities) {

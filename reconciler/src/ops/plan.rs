@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 use super::{Console, Exit};
-use crate::desired::{self, Capacities, Desired, LoadError, Size};
+use crate::desired::{self, Desired, LoadError};
 use crate::observe::{self, HostState};
 use crate::render;
 use crate::state::{StateDb, StateSnapshot};
@@ -39,13 +39,7 @@ pub(super) fn load_desired(
     state: &StateSnapshot,
     console: &mut Console<'_>,
 ) -> anyhow::Result<Option<Desired>> {
-    let capacities: Capacities = state
-        .pools
-        .iter()
-        .flat_map(|pool| &pool.devices)
-        .map(|device| (device.path.clone(), Size::from_sectors(device.sectors)))
-        .collect();
-    match desired::load(file, &capacities) {
+    match desired::load(file, &super::capacities(state)) {
         Ok(desired) => Ok(Some(desired)),
         Err(LoadError::Invalid(problems)) => {
             console

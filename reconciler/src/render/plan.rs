@@ -97,10 +97,7 @@ pub fn text(plan: &Plan, style: TextStyle, out: &mut dyn Write) -> io::Result<()
         "Plan: {} to add, {} to change, {} to remove.",
         counts.add, counts.change, counts.remove
     )?;
-    let level = serde_json::to_value(plan.safety.level)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default();
+    let level = plan.safety.level;
     if plan.safety.conflicts.is_empty() {
         writeln!(
             out,

@@ -63,6 +63,15 @@ struct Change {
     removed: bool,
 }
 
+impl Change {
+    fn at(path: &str, removed: bool) -> Change {
+        Change {
+            path: path.to_owned(),
+            removed,
+        }
+    }
+}
+
 impl Shared {
     pub(super) fn new(store: Store, guests: GuestPolicy, faults: Faults) -> Shared {
         Shared {
@@ -254,41 +263,23 @@ impl Shared {
                     .position(|b| *b == 0)
                     .ok_or(Errno::Einval)?;
                 let value = request.payload[split + 1..].to_vec();
-                self.write_op(
-                    connection,
-                    tx,
-                    vec![Change {
-                        path: path.clone(),
-                        removed: false,
-                    }],
-                    |store| store.write(&path, &value),
-                )?;
+                self.write_op(connection, tx, Change::at(&path, false), |store| {
+                    store.write(&path, &value)
+                })?;
                 ok()
             }
             MessageType::Mkdir => {
                 let path = path(0)?;
-                self.write_op(
-                    connection,
-                    tx,
-                    vec![Change {
-                        path: path.clone(),
-                        removed: false,
-                    }],
-                    |store| store.mkdir(&path).map(|_| ()),
-                )?;
+                self.write_op(connection, tx, Change::at(&path, false), |store| {
+                    store.mkdir(&path).map(|_| ())
+                })?;
                 ok()
             }
             MessageType::Rm => {
                 let path = path(0)?;
-                self.write_op(
-                    connection,
-                    tx,
-                    vec![Change {
-                        path: path.clone(),
-                        removed: true,
-                    }],
-                    |store| store.rm(&path).map(|_| ()),
-                )?;
+                self.write_op(connection, tx, Change::at(&path, true), |store| {
+                    store.rm(&path).map(|_| ())
+                })?;
                 ok()
             }
             MessageType::SetPerms => {
@@ -298,15 +289,9 @@ impl Shared {
                     .filter(|p| !p.is_empty())
                     .map(|p| String::from_utf8(p.to_vec()).map_err(|_| Errno::Einval))
                     .collect::<Result<Vec<_>, _>>()?;
-                self.write_op(
-                    connection,
-                    tx,
-                    vec![Change {
-                        path: path.clone(),
-                        removed: false,
-                    }],
-                    |store| store.set_perms(&path, perms.clone()),
-                )?;
+                self.write_op(connection, tx, Change::at(&path, false), |store| {
+                    store.set_perms(&path, perms.clone())
+                })?;
                 ok()
             }
             MessageType::Watch => {
@@ -420,7 +405,7 @@ impl Shared {
         self: &Arc<Shared>,
         connection: u64,
         tx: u32,
-        changes: Vec<Change>,
+        change: Change,
         write: impl FnOnce(&mut Store) -> Result<(), Errno>,
     ) -> Result<(), Errno> {
         let mut state = self.lock();
@@ -431,12 +416,12 @@ impl Shared {
                 .filter(|t| t.connection == connection)
                 .ok_or(Errno::Enoent)?;
             write(&mut transaction.store)?;
-            transaction.changes.extend(changes);
+            transaction.changes.push(change);
             return Ok(());
         }
         write(&mut state.store)?;
         state.generation += 1;
-        self.committed(&mut state, &changes);
+        self.committed(&mut state, &[change]);
         Ok(())
     }
 
@@ -538,13 +523,7 @@ impl Shared {
                 let path = format!("{dir}/state");
                 if state.store.exists(&dir) && state.store.write(&path, CLOSED).is_ok() {
                     state.generation += 1;
-                    shared.committed(
-                        &mut state,
-                        &[Change {
-                            path,
-                            removed: false,
-                        }],
-                    );
+                    shared.committed(&mut state, &[Change::at(&path, false)]);
                 }
             }
         });

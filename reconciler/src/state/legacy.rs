@@ -327,6 +327,7 @@ fn check(
     let mut places: BTreeMap<(i64, u64), i64> = BTreeMap::new();
     let mut orders: BTreeSet<(i64, i64)> = BTreeSet::new();
     let mut held: BTreeMap<i64, u64> = BTreeMap::new();
+    let mut extent_sizes: BTreeMap<i64, BTreeSet<u64>> = BTreeMap::new();
     for extent in extents {
         let Some(partition) = partitions.get(&extent.part) else {
             problems.push(format!(
@@ -356,8 +357,22 @@ fn check(
             ));
         }
         *held.entry(extent.vdisk).or_default() += partition.extent_sectors;
+        extent_sizes
+            .entry(extent.vdisk)
+            .or_default()
+            .insert(partition.extent_sectors);
     }
     for (id, vdisk) in vdisks.iter().filter(|(_, v)| v.live) {
+        // A xendisk pool has one extent size, and a vdisk is in one pool.
+        match extent_sizes.get(id).map(BTreeSet::len) {
+            None => problems.push(format!("live vdisk {id} has no extents")),
+            Some(1) => {}
+            Some(_) => problems.push(format!(
+                "live vdisk {id} has extents of different sizes ({:?} sectors); a xendisk vdisk lies in one \
+                 pool of one extent size",
+                extent_sizes[id]
+            )),
+        }
         let covered = held.get(id).copied().unwrap_or(0);
         if covered < vdisk.size {
             problems.push(format!(
@@ -434,11 +449,11 @@ fn write(
         }
         let mut vdisk_ids = BTreeMap::new();
         for (id, vdisk) in vdisks.iter().filter(|(_, v)| v.live) {
-            let pool = extents
-                .iter()
-                .find(|e| e.vdisk == *id)
-                .map(|e| partitions[&e.part].extent_sectors)
-                .unwrap_or(sizes[0]);
+            // `check` made sure every live vdisk has extents, all of one size.
+            let Some(pool) = extents.iter().find(|e| e.vdisk == *id).map(|e| partitions[&e.part].extent_sectors)
+            else {
+                continue;
+            };
             let name = format!("vd-{id}");
             let expires_at = match vdisk.expiry {
                 Expiry::At(at) => Some(to_unix(at)),
