@@ -2,7 +2,7 @@
 //! after it runs, so that an interrupted apply is visible (and finished by
 //! the next one) and `xendisk state --runs` can show the history.
 
-use rusqlite::{OptionalExtension, params};
+use rusqlite::params;
 use serde::Serialize;
 
 use super::{StateDb, StateError};
@@ -196,17 +196,5 @@ impl StateDb {
                 .map_err(&error)?;
         }
         Ok(runs)
-    }
-
-    /// The run still marked running, if a previous apply was killed.
-    pub fn interrupted_run(&self) -> Result<Option<i64>, StateError> {
-        self.connection
-            .query_row(
-                "SELECT id FROM runs WHERE status = 'running' ORDER BY id DESC LIMIT 1",
-                [],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(self.sqlite_error("reading the journal"))
     }
 }
