@@ -67,7 +67,10 @@ pub enum StepError {
     Realise(#[from] RealiseError),
     #[error(transparent)]
     Scrub(#[from] scrub::ScrubError),
-    #[error("pool device {path} ({device}) is not on this host any more")]
+    #[error(
+        "pool device {path} ({device}) is not on this host any more; reconnect it, or take it out \
+         of the pool's devices and plan again"
+    )]
     DeviceGone {
         path: String,
         device: crate::extent::DevNum,

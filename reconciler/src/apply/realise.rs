@@ -24,7 +24,10 @@ pub enum RealiseError {
         "vdisk `{vdisk}` is {segments} runs of extents; a loop device can map only one: set realise = \"dm\" or \"auto\""
     )]
     NotContiguous { vdisk: String, segments: usize },
-    #[error("vdisk `{vdisk}` has no extents in the state DB")]
+    #[error(
+        "vdisk `{vdisk}` has no extents in the state DB; run `xendisk state --check` to see what \
+         else is wrong"
+    )]
     Empty { vdisk: String },
     #[error(transparent)]
     Command(#[from] CommandError),

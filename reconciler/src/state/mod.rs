@@ -165,7 +165,10 @@ pub enum StateError {
     },
     #[error("pool `{0}` does not exist in the state DB; add a device to it first")]
     UnknownPool(String),
-    #[error("vdisk `{0}` does not exist (or has expired) in the state DB")]
+    #[error(
+        "vdisk `{0}` does not exist (or has expired) in the state DB; the host changed since the \
+         plan was made: plan again"
+    )]
     UnknownVdisk(String),
     #[error(
         "vdisk `{name}` already exists in pool `{pool}` with size {size}; choose another name or \
@@ -205,7 +208,10 @@ pub enum StateError {
         existing: Size,
         requested: Size,
     },
-    #[error("device {path} ({device}) is already in pool `{pool}`")]
+    #[error(
+        "device {path} ({device}) is already in pool `{pool}`; a device serves one pool: take it \
+         out of `{pool}` first"
+    )]
     DeviceInOtherPool {
         path: String,
         device: DevNum,
@@ -230,7 +236,10 @@ pub enum StateError {
          the plan was made: plan again"
     )]
     ExtentTaken { vdisk: String, extent: SectorRange },
-    #[error("pool device {0} is not in the state DB")]
+    #[error(
+        "pool device {0} is not in the state DB; the host changed since the plan was made: plan \
+         again"
+    )]
     UnknownDevice(String),
     #[error(
         "pool device {path} still holds vdisks {vdisks}; delete or move them before removing it"
@@ -238,7 +247,10 @@ pub enum StateError {
     DeviceInUse { path: String, vdisks: String },
     #[error("the state DB {path} is not empty; import into a new state DB (--state PATH)")]
     NotEmpty { path: String },
-    #[error("the state DB {path} is inconsistent: {problems}")]
+    #[error(
+        "the state DB {path} is inconsistent: {problems}; nothing was changed: run `xendisk state \
+         --check` for the details"
+    )]
     Inconsistent { path: String, problems: String },
 }
 

@@ -228,7 +228,8 @@ fn devices_and_pools_are_checked_when_added() {
         .unwrap_err();
     assert_eq!(
         moved.to_string(),
-        "device /dev/sdb1 (8:17) is already in pool `p`"
+        "device /dev/sdb1 (8:17) is already in pool `p`; a device serves one pool: take it out of \
+         `p` first"
     );
     let renumbered = db
         .add_pool_device("p", size("1MiB"), &device("/dev/sdb1", 99, 10), t0())
