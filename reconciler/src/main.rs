@@ -187,7 +187,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .without_time()
         .init();
-    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let colour = colour_on(&std::io::stderr());
     let outcome = {
         let (mut stdout, mut stderr) = (std::io::stdout().lock(), std::io::stderr().lock());
         let mut console = Console {
@@ -274,7 +274,7 @@ fn run_command(cli: Cli, simulated: bool, console: &mut Console<'_>) -> anyhow::
             json,
             output,
         } => {
-            let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            let colour = colour_on(&std::io::stdout());
             let options = ops::PlanOptions {
                 file,
                 actual: actual()?,
@@ -297,7 +297,7 @@ fn run_command(cli: Cli, simulated: bool, console: &mut Console<'_>) -> anyhow::
             toolstack,
             parallelism,
         } => {
-            let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            let colour = colour_on(&std::io::stdout());
             let options = ops::ApplyOptions {
                 file,
                 actual: actual()?,
@@ -313,10 +313,7 @@ fn run_command(cli: Cli, simulated: bool, console: &mut Console<'_>) -> anyhow::
                     ToolstackChoice::Xenstore => xendisk::desired::Toolstack::Xenstore,
                 }),
                 simulated,
-                pinned_time: match std::env::var_os("XENDISK_NOW") {
-                    Some(_) => Some(now()?),
-                    None => None,
-                },
+                pinned_time: pinned_now()?,
                 colour,
             };
             ops::apply(&options, console)?
@@ -381,15 +378,26 @@ fn run_command(cli: Cli, simulated: bool, console: &mut Console<'_>) -> anyhow::
     })
 }
 
-/// The current time, or `XENDISK_NOW` (RFC 3339) so that tests and audits
-/// can evaluate expiries at a chosen instant.
+/// The current time, or the one `XENDISK_NOW` pins.
 fn now() -> anyhow::Result<jiff::Timestamp> {
+    Ok(pinned_now()?.unwrap_or_else(jiff::Timestamp::now))
+}
+
+/// `XENDISK_NOW` (RFC 3339), so that tests and audits can evaluate expiries
+/// at a chosen instant.
+fn pinned_now() -> anyhow::Result<Option<jiff::Timestamp>> {
     match std::env::var("XENDISK_NOW") {
         Ok(text) => text
             .parse()
+            .map(Some)
             .with_context(|| format!("XENDISK_NOW={text:?} is not an RFC 3339 time")),
-        Err(_) => Ok(jiff::Timestamp::now()),
+        Err(_) => Ok(None),
     }
+}
+
+/// Colour for a terminal, unless `NO_COLOR` says otherwise.
+fn colour_on(stream: &impl IsTerminal) -> bool {
+    stream.is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }
 
 fn is_broken_pipe(error: &anyhow::Error) -> bool {
