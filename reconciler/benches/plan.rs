@@ -14,7 +14,9 @@ use std::time::Instant;
 use rusqlite::params;
 use xendisk::desired::Capacities;
 use xendisk::extent::DevNum;
-use xendisk::observe::{Attachment, BlockDevice, Dom0Use, Domain, HostState, UseTarget, snapshot};
+use xendisk::observe::{
+    Attachment, BlockDevice, Dom0Use, Domain, HostState, UseKind, UseTarget, snapshot,
+};
 use xendisk::plan::{PlanInput, PlanOptions, plan_timed};
 use xendisk::state::StateDb;
 
@@ -134,6 +136,8 @@ fn generate(scale: &Scale, dir: &Path) {
         },
         writable: true,
         description: "mounted rw at / in Domain-0 (/dev/sda1)".into(),
+        kind: UseKind::Mount,
+        via: None,
     });
     host.domains.push(Domain {
         domid: 0,
@@ -185,6 +189,8 @@ fn generate(scale: &Scale, dir: &Path) {
                     mode: "w".into(),
                     kind: "phy".into(),
                     physical_device: Some(DevNum::new(253, v as u32)),
+                    online: true,
+                    state: Some(4),
                 });
             }
         }
@@ -228,6 +234,7 @@ fn measure(dir: &Path) {
         desired: &desired,
         state: &state,
         host: &host,
+        sources: &[],
     };
     let (plan, timings) = plan_timed(&input, PlanOptions::default()).unwrap();
     let t = Instant::now();

@@ -37,7 +37,7 @@ fn other_versions_and_broken_files_are_refused_with_a_reason() {
     assert!(error.to_string().contains("take it again"));
     let error = from_json(
         "bad.json",
-        r#"{"format_version": 1, "taken_at": "x", "host": {"domains": 3}}"#,
+        r#"{"format_version": 2, "taken_at": "x", "host": {"domains": 3}}"#,
     )
     .unwrap_err();
     assert!(matches!(error, SnapshotError::Invalid { .. }), "{error}");

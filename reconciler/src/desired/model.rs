@@ -37,6 +37,23 @@ pub struct Desired {
     pub domains: BTreeMap<String, Domain>,
 }
 
+impl Desired {
+    /// Every host path the file names: pool devices and `phy:`/`file:`
+    /// sources, as written.
+    pub fn paths(&self) -> Vec<String> {
+        let devices = self.pools.values().flat_map(|p| p.devices.iter().cloned());
+        let sources = self
+            .domains
+            .values()
+            .flat_map(|d| d.disks.values())
+            .filter_map(|disk| match &disk.source {
+                super::Source::Phy(path) | super::Source::File(path) => Some(path.clone()),
+                super::Source::Vdisk(_) => None,
+            });
+        devices.chain(sources).collect()
+    }
+}
+
 /// Host-wide settings.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -6,7 +6,7 @@ use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
-use super::{BlockDevice, Dom0Use, ObserveError, UseTarget, devices, under};
+use super::{BlockDevice, Dom0Use, ObserveError, UseKind, UseTarget, devices, under};
 use crate::extent::DevNum;
 
 pub(super) fn uses(root: &Path, devices: &[BlockDevice]) -> Result<Vec<Dom0Use>, ObserveError> {
@@ -21,7 +21,8 @@ pub(super) fn uses(root: &Path, devices: &[BlockDevice]) -> Result<Vec<Dom0Use>,
         let writable = options.split(',').any(|o| o == "rw");
         let how = if writable { "rw" } else { "ro" };
         let description = format!("mounted {how} at {mountpoint} in Domain-0 ({source})");
-        push_sectors(&mut uses, device, devices, writable, &description);
+        let how = (UseKind::Mount, device);
+        push_sectors(&mut uses, device, devices, writable, &description, how);
     }
     for swap in read_table(root, "/proc/swaps")?.into_iter().skip(1) {
         let Some(filename) = swap.first() else {
@@ -29,36 +30,37 @@ pub(super) fn uses(root: &Path, devices: &[BlockDevice]) -> Result<Vec<Dom0Use>,
         };
         let description = format!("swap on {filename} in Domain-0");
         match resolve(root, filename, devices) {
-            Some(device) => push_sectors(&mut uses, device, devices, true, &description),
+            Some(device) => {
+                let how = (UseKind::Swap, device);
+                push_sectors(&mut uses, device, devices, true, &description, how)
+            }
             None => {
                 if let Some(target) = file_identity(root, filename) {
                     uses.push(Dom0Use {
                         target,
                         writable: true,
                         description,
+                        kind: UseKind::Swap,
+                        via: None,
                     });
                 }
             }
         }
     }
+    // One use per holder, so that the planner can tell a vdisk's own
+    // device-mapper device (xendisk's) from anyone else's.
     for device in devices.iter().filter(|d| !d.holders.is_empty()) {
-        let by: Vec<String> = device
-            .holders
-            .iter()
-            .map(|h| {
-                match devices
-                    .iter()
-                    .find(|d| &d.name == h)
-                    .and_then(|d| d.dm_name.as_ref())
-                {
-                    Some(dm) => format!("{h} ({dm})"),
-                    None => h.clone(),
-                }
-            })
-            .collect();
-        let description = format!("held by {} in Domain-0 ({})", by.join(", "), device.name);
-        // A holder (LVM, md, device-mapper) may write anywhere on it.
-        push_sectors(&mut uses, device, devices, true, &description);
+        for holder_name in &device.holders {
+            let holder = devices.iter().find(|d| &d.name == holder_name);
+            let by = match holder.and_then(|d| d.dm_name.as_ref()) {
+                Some(dm) => format!("{holder_name} ({dm})"),
+                None => holder_name.clone(),
+            };
+            let description = format!("held by {by} in Domain-0 ({})", device.name);
+            // A holder (LVM, md, device-mapper) may write anywhere on it.
+            let how = (UseKind::Holder, holder.unwrap_or(device));
+            push_sectors(&mut uses, device, devices, true, &description, how);
+        }
     }
     uses.sort();
     uses.dedup();
@@ -74,12 +76,15 @@ fn push_sectors(
     devices: &[BlockDevice],
     writable: bool,
     description: &str,
+    (kind, via): (UseKind, &BlockDevice),
 ) {
     for target in devices::sectors_of(device, devices) {
         uses.push(Dom0Use {
             target,
             writable,
             description: description.to_owned(),
+            kind,
+            via: Some(via.device),
         });
     }
 }

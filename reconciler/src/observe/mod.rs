@@ -10,6 +10,8 @@
 
 pub mod devices;
 mod dom0;
+pub mod params;
+pub mod paths;
 pub mod snapshot;
 mod sysfs;
 mod xenstore;
@@ -21,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::extent::DevNum;
 
+pub use paths::{PathTarget, ResolvedPath};
 pub use xenstore::{XenstoreError, XenstoreView, read_xenstore};
 
 /// Everything observed on a host.
@@ -35,6 +38,19 @@ pub struct HostState {
     pub dom0_uses: Vec<Dom0Use>,
     /// Every block device in sysfs, by device number.
     pub block_devices: Vec<BlockDevice>,
+    /// What the paths holders name resolve to (attachments' `params`, loop
+    /// devices' backing files), by path.
+    pub paths: Vec<ResolvedPath>,
+}
+
+impl HostState {
+    /// What `path` resolved to when observed, if it was.
+    pub fn path(&self, path: &str) -> Option<&PathTarget> {
+        self.paths
+            .binary_search_by(|p| p.path.as_str().cmp(path))
+            .ok()
+            .map(|i| &self.paths[i].target)
+    }
 }
 
 /// A running domain.
@@ -67,6 +83,27 @@ pub struct Attachment {
     pub kind: String,
     /// `physical-device`, written by the hotplug script once it ran.
     pub physical_device: Option<DevNum>,
+    /// The backend's `online`: `false` once a toolstack asked it to go away.
+    pub online: bool,
+    /// The backend's XenbusState (`state`), when it is a number.
+    pub state: Option<u32>,
+}
+
+/// XenbusState Closing and Closed (xen/include/public/io/xenbus.h).
+const XENBUS_CLOSING: u32 = 5;
+const XENBUS_CLOSED: u32 = 6;
+
+impl Attachment {
+    /// Being torn down: asked to go offline, or closing or closed. It still
+    /// holds its disk until its nodes are gone, but it is not attached.
+    pub fn is_closing(&self) -> bool {
+        !self.online || matches!(self.state, Some(XENBUS_CLOSING | XENBUS_CLOSED))
+    }
+
+    /// The path `params` names, its driver and format prefixes taken off.
+    pub fn path(&self) -> &str {
+        params::parse(&self.params).path
+    }
 }
 
 /// Something dom0 uses, as sectors of a whole disk or as a file.
@@ -79,6 +116,22 @@ pub struct Dom0Use {
     pub writable: bool,
     /// For a person: "mounted rw at /srv in Domain-0".
     pub description: String,
+    pub kind: UseKind,
+    /// The block device it goes through (the mounted device, the swap
+    /// device, the holder): a vdisk's own block device is xendisk's.
+    pub via: Option<DevNum>,
+}
+
+/// How dom0 uses a device.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum UseKind {
+    Mount,
+    Swap,
+    /// A device built on it (device-mapper, md, LVM): `via` is that device.
+    Holder,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
@@ -154,12 +207,37 @@ pub fn observe(options: &ObserveOptions) -> Result<HostState, ObserveError> {
         ..
     } = read_xenstore()?;
     let (block_devices, dom0_uses) = observe_dom0(options)?;
+    let wanted = attachments.iter().map(|a| a.path().to_owned()).chain(
+        block_devices
+            .iter()
+            .filter_map(|d| d.loop_backing.as_ref().map(|b| b.file.clone())),
+    );
+    let paths = resolve_paths(&options.host_root, wanted, &block_devices);
     Ok(HostState {
         domains,
         attachments,
         dom0_uses,
         block_devices,
+        paths,
     })
+}
+
+/// Resolves each path on the host (see [`paths::resolve`]), sorted by path.
+pub fn resolve_paths(
+    root: &Path,
+    wanted: impl IntoIterator<Item = String>,
+    block_devices: &[BlockDevice],
+) -> Vec<ResolvedPath> {
+    let mut wanted: Vec<String> = wanted.into_iter().collect();
+    wanted.sort();
+    wanted.dedup();
+    wanted
+        .into_iter()
+        .map(|path| ResolvedPath {
+            target: paths::resolve(root, &path, block_devices),
+            path,
+        })
+        .collect()
 }
 
 /// Only dom0's side: the block device table and what dom0 uses.

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::HostState;
 
 /// The snapshot format this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// A snapshot file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -2,10 +2,11 @@
 //! client (`XENSTORED_PATH`, else `/run/xenstored/socket`, else
 //! `/dev/xen/xenbus`).
 //!
-//! Per attachment it reads four nodes of the backend directory, `params`,
-//! `mode`, `type` and `physical-device`: what the safety check needs. The
-//! frontend and the connection state matter only to apply, which reads them
-//! when it detaches. Round trips are counted and logged at debug level.
+//! Per attachment it reads six nodes of the backend directory, `params`,
+//! `mode`, `type`, `physical-device`, `online` and `state`: what the safety
+//! check needs, including whether the backend is being torn down. The
+//! frontend matters only to apply, which reads it when it detaches. Round
+//! trips are counted and logged at debug level.
 
 use std::cell::Cell;
 use std::io;
@@ -152,6 +153,9 @@ pub fn read_xenstore() -> Result<XenstoreView, XenstoreError> {
                         }
                         parsed
                     }),
+                    // libxl writes `online = 1`; a missing node is not a request to go.
+                    online: node("online")?.is_none_or(|text| text.trim() != "0"),
+                    state: node("state")?.and_then(|text| text.trim().parse().ok()),
                 });
             }
         }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::plan::{ActualSource, actual, load_desired};
+use super::plan::{ActualSource, actual, desired_sources, load_desired};
 use super::{Console, Exit};
 use crate::apply::{self, Drivers, lock, realise, toolstack};
 use crate::desired::{Realise, Toolstack};
@@ -87,10 +87,12 @@ pub fn apply(options: &ApplyOptions, console: &mut Console<'_>) -> anyhow::Resul
         let Some(loaded) = load_desired(&options.file, &state, console)? else {
             return Ok(Exit::Error);
         };
+        let sources = desired_sources(&loaded, &options.actual, &host);
         let input = crate::plan::PlanInput {
             desired: &loaded,
             state: &state,
             host: &host,
+            sources: &sources,
         };
         let plan = crate::plan::plan(
             &input,
@@ -154,10 +156,12 @@ pub fn apply(options: &ApplyOptions, console: &mut Console<'_>) -> anyhow::Resul
             };
             // Observe again: what was applied must now be what is.
             let (state, host) = actual(&options.actual)?;
+            let sources = desired_sources(&desired, &options.actual, &host);
             let input = crate::plan::PlanInput {
                 desired: &desired,
                 state: &state,
                 host: &host,
+                sources: &sources,
             };
             let again = crate::plan::plan(
                 &input,

@@ -32,6 +32,24 @@ pub(super) fn actual(source: &ActualSource) -> anyhow::Result<(StateSnapshot, Ho
     Ok((state, host))
 }
 
+/// The desired file's paths resolved on the live host; none offline (a
+/// snapshot is another machine: its `/dev` names are looked up in its block
+/// device table, other paths taken as files).
+pub(super) fn desired_sources(
+    desired: &Desired,
+    source: &ActualSource,
+    host: &HostState,
+) -> Vec<observe::ResolvedPath> {
+    if source.snapshot.is_some() {
+        return Vec::new();
+    }
+    let paths = desired
+        .paths()
+        .into_iter()
+        .map(|p| crate::plan::normalise(&p));
+    observe::resolve_paths(&source.host_root, paths, &host.block_devices)
+}
+
 /// Loads a desired-state file, checking sizes against the pools the state
 /// DB knows; `None` after printing its problems.
 pub(super) fn load_desired(
@@ -75,10 +93,12 @@ fn make_plan(
     let Some(desired) = load_desired(file, &state, console)? else {
         return Ok(Err(Exit::Error));
     };
+    let sources = desired_sources(&desired, actual_source, &host);
     let input = crate::plan::PlanInput {
         desired: &desired,
         state: &state,
         host: &host,
+        sources: &sources,
     };
     let plan = crate::plan::plan(&input, crate::plan::PlanOptions { allow_destroy })?;
     Ok(Ok((plan, crate::plan::fingerprint(&state, &host))))

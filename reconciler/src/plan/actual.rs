@@ -8,7 +8,8 @@ use std::collections::{HashMap, HashSet};
 
 use super::resolve::normalise;
 use crate::desired::{Mode, Source};
-use crate::observe::{Attachment, HostState};
+use crate::extent::DevNum;
+use crate::observe::{Attachment, HostState, params};
 use crate::state::{StateSnapshot, VdiskState};
 
 /// The device-mapper name of a vdisk's block device.
@@ -46,6 +47,9 @@ pub struct ActualIndex<'a> {
     mapped: HashSet<String>,
     /// Loop devices (`/dev/loopN`) that are exactly one vdisk's run, to that vdisk.
     loops: HashMap<String, &'a str>,
+    /// Block devices that are a vdisk's own (its device-mapper device or
+    /// its loop device), by number.
+    realisations: HashMap<DevNum, &'a str>,
 }
 
 impl<'a> ActualIndex<'a> {
@@ -61,17 +65,32 @@ impl<'a> ActualIndex<'a> {
             }
         }
         for attachment in &host.attachments {
-            if let Some(vdisk) = mapper_vdisk(&attachment.params) {
+            if let Some(vdisk) = mapper_vdisk(attachment.path()) {
                 mapped.insert(vdisk.to_owned());
             }
         }
+        let vdisks: HashMap<&str, &VdiskState> = state
+            .vdisks
+            .iter()
+            .chain(&state.expired)
+            .map(|v| (v.name.as_str(), v))
+            .collect();
+        let loops = loop_realisations(state, host);
+        let mut realisations = HashMap::new();
+        for device in &host.block_devices {
+            let by_dm = device
+                .dm_name
+                .as_deref()
+                .and_then(|n| n.strip_prefix("xendisk-"))
+                .and_then(|v| vdisks.get_key_value(v).map(|(k, _)| *k));
+            let by_loop = loops.get(&format!("/dev/{}", device.name)).copied();
+            if let Some(vdisk) = by_dm.or(by_loop) {
+                realisations.insert(device.device, vdisk);
+            }
+        }
         ActualIndex {
-            vdisks: state
-                .vdisks
-                .iter()
-                .chain(&state.expired)
-                .map(|v| (v.name.as_str(), v))
-                .collect(),
+            realisations,
+            vdisks,
             expired: state.expired.iter().map(|v| (v.name.as_str(), v)).collect(),
             domain_names: host
                 .domains
@@ -79,8 +98,13 @@ impl<'a> ActualIndex<'a> {
                 .map(|d| (d.domid, d.name.as_str()))
                 .collect(),
             mapped,
-            loops: loop_realisations(state, host),
+            loops,
         }
+    }
+
+    /// The vdisk whose own block device `device` is, if it is one.
+    pub fn realisation_of(&self, device: DevNum) -> Option<&'a str> {
+        self.realisations.get(&device).copied()
     }
 
     /// A live or expired vdisk.
@@ -99,19 +123,19 @@ impl<'a> ActualIndex<'a> {
 
     /// What an attachment hands its guest: a vdisk when `params` is its
     /// device-mapper device or its loop device, else the device or the file.
+    /// Driver and format prefixes (`phy:`, `aio:`, `qcow2:`...) are not part
+    /// of the path, which may itself hold `:`.
     pub fn source(&self, attachment: &Attachment) -> Source {
-        let params = attachment.params.as_str();
-        if let Some(vdisk) = mapper_vdisk(params) {
+        let path = params::parse(&attachment.params).path;
+        if let Some(vdisk) = mapper_vdisk(path) {
             return Source::Vdisk(vdisk.to_owned());
         }
-        if params.starts_with("/dev/") {
-            return match self.loops.get(params) {
+        if path.starts_with("/dev/") {
+            return match self.loops.get(path) {
                 Some(vdisk) => Source::Vdisk((*vdisk).to_owned()),
-                None => Source::Phy(normalise(params)),
+                None => Source::Phy(normalise(path)),
             };
         }
-        // qdisk and tapdisk put a format before the path: aio:, raw:, vhd:, qcow2:.
-        let path = params.rsplit_once(':').map_or(params, |(_, path)| path);
         Source::File(normalise(path))
     }
 

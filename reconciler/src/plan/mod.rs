@@ -19,17 +19,22 @@ use serde::{Deserialize, Serialize};
 
 use crate::desired::{Desired, Expiry, Mode, Size, Source};
 use crate::extent::{DevNum, SectorRange};
-use crate::observe::HostState;
-use crate::safety::{self, SafetyReport};
+use crate::observe::{HostState, ResolvedPath};
+use crate::safety::{self, Dependencies, SafetyReport};
 use crate::state::StateSnapshot;
 
-pub use resolve::Area;
+pub use resolve::{Area, normalise};
 
 /// What the planner is given.
 pub struct PlanInput<'a> {
     pub desired: &'a Desired,
     pub state: &'a StateSnapshot,
     pub host: &'a HostState,
+    /// The desired file's paths (`phy:` and `file:` sources, pool devices)
+    /// resolved on the live host; empty when planning from a snapshot,
+    /// where `/dev` names are looked up in the block device table and other
+    /// paths are taken as files by their path.
+    pub sources: &'a [ResolvedPath],
 }
 
 /// Choices the operator made on the command line.
@@ -112,6 +117,11 @@ pub enum Op {
         vdev: String,
         devid: u32,
         source: String,
+        /// The backend kind it is under: `vbd`, `qdisk` or `vbd3`.
+        backend: String,
+        /// Already being torn down: this finishes the detach.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        closing: bool,
     },
 }
 
@@ -176,6 +186,10 @@ pub struct Step {
     pub op: Op,
     /// Steps that must be done first.
     pub depends_on: Vec<usize>,
+    /// Those of them that keep two holders of one disk apart: this step
+    /// would share a disk unsafely with something they remove.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waits_for_sharing: Vec<usize>,
 }
 
 /// A declared domain that is not running: nothing is planned for it.
@@ -271,19 +285,37 @@ pub fn plan_timed(
     options: PlanOptions,
 ) -> Result<(Plan, Timings), PlanError> {
     let started = std::time::Instant::now();
-    let diff = diff::diff(input, options)?;
+    let mut diff = diff::diff(input, options)?;
+    let level = input.desired.settings.sharing;
     let diffed = std::time::Instant::now();
+    // Every pair of holders that must not meet gets a dependency path: an
+    // edge, unless the operations' own dependencies make one already.
+    let candidates = safety::ordering_edges(&diff.holders, level);
     let order = graph::order(&diff.ops, &diff.edges)?;
-    let step_of: Vec<usize> = {
-        let mut step_of = vec![0; order.len()];
-        for (position, &index) in order.iter().enumerate() {
-            step_of[index] = position + 1;
-        }
-        step_of
+    let step_of = positions(&order);
+    let as_steps: Vec<(usize, usize)> = candidates
+        .iter()
+        .map(|&(from, to)| (step_of[from], step_of[to]))
+        .collect();
+    let sharing_edges: Vec<(usize, usize)> =
+        safety::not_implied(&as_steps, &dependencies(&diff.edges, &step_of))
+            .into_iter()
+            .map(|i| candidates[i])
+            .collect();
+    diff.edges.extend(sharing_edges.iter().copied());
+    let order = if sharing_edges.is_empty() {
+        order
+    } else {
+        graph::order(&diff.ops, &diff.edges)?
     };
+    let step_of = positions(&order);
     let mut depends_on: Vec<Vec<usize>> = vec![Vec::new(); diff.ops.len()];
     for &(from, to) in &diff.edges {
         depends_on[to].push(step_of[from]);
+    }
+    let mut for_sharing: Vec<Vec<usize>> = vec![Vec::new(); diff.ops.len()];
+    for &(from, to) in &sharing_edges {
+        for_sharing[to].push(step_of[from]);
     }
     let steps: Vec<Step> = order
         .iter()
@@ -292,15 +324,30 @@ pub fn plan_timed(
             let mut depends_on = std::mem::take(&mut depends_on[index]);
             depends_on.sort_unstable();
             depends_on.dedup();
+            let mut waits_for_sharing = std::mem::take(&mut for_sharing[index]);
+            waits_for_sharing.sort_unstable();
+            waits_for_sharing.dedup();
             Step {
                 id: position + 1,
                 op: diff.ops[index].clone(),
                 depends_on,
+                waits_for_sharing,
             }
         })
         .collect();
     let ordered = std::time::Instant::now();
-    let safety = safety::check(&diff.holders, &order, input.desired.settings.sharing);
+    // The check sees steps as apply does: ids and their dependencies only.
+    let holders: Vec<safety::Holder> = diff
+        .holders
+        .into_iter()
+        .map(|holder| safety::Holder {
+            added_by: holder.added_by.map(|op| step_of[op]),
+            removed_by: holder.removed_by.map(|op| step_of[op]),
+            ..holder
+        })
+        .collect();
+    let dependencies = Dependencies::new(steps.iter().map(|s| s.depends_on.clone()).collect());
+    let safety = safety::check(&holders, &dependencies, level);
     let checked = std::time::Instant::now();
     let timings = Timings {
         diff: diffed - started,
@@ -317,6 +364,24 @@ pub fn plan_timed(
         },
         timings,
     ))
+}
+
+/// Each operation's step id (1-based) in `order`.
+fn positions(order: &[usize]) -> Vec<usize> {
+    let mut step_of = vec![0; order.len()];
+    for (position, &index) in order.iter().enumerate() {
+        step_of[index] = position + 1;
+    }
+    step_of
+}
+
+/// The dependencies of the steps numbered by `step_of`.
+fn dependencies(edges: &[(usize, usize)], step_of: &[usize]) -> Dependencies {
+    let mut waits_for = vec![Vec::new(); step_of.len()];
+    for &(from, to) in edges {
+        waits_for[step_of[to] - 1].push(step_of[from]);
+    }
+    Dependencies::new(waits_for)
 }
 
 /// A digest of the actual state a plan starts from: apply compares it with

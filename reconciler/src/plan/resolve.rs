@@ -1,22 +1,15 @@
-//! Turning sources into the disk areas they occupy: a vdisk's extents
-//! placed on their whole disks, a `phy:` device through the block device
-//! table, a file by its path.
+//! Turning what holders name into the disk areas they really touch: a
+//! vdisk's extents placed on their whole disks; a block device (or a link
+//! to one, or a `file:` that is one) through the block device table; a
+//! regular file by its identity and the windows of the loop devices over it.
 
-use std::collections::BTreeMap;
-
-use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::extent::{DevNum, SectorRange};
-use crate::observe::{HostState, UseTarget, devices};
+use crate::observe::{BlockDevice, HostState, PathTarget, ResolvedPath, UseTarget, devices};
 use crate::state::StateSnapshot;
 
-/// A disk area: sectors of a whole disk, or a whole file.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Area {
-    Sectors(SectorRange),
-    File(String),
-}
+pub use crate::safety::Area;
 
 impl From<&UseTarget> for Area {
     fn from(target: &UseTarget) -> Area {
@@ -30,7 +23,11 @@ impl From<&UseTarget> for Area {
                 start: *start,
                 sectors: *sectors,
             }),
-            UseTarget::File { path, .. } => Area::File(normalise(path)),
+            UseTarget::File { dev, ino, path } => Area::Inode {
+                dev: DevNum::from_rdev(*dev),
+                ino: *ino,
+                path: path.clone(),
+            },
         }
     }
 }
@@ -46,12 +43,21 @@ pub fn normalise(path: &str) -> String {
 
 pub(super) struct Resolver<'a> {
     host: &'a HostState,
+    /// The desired file's paths, resolved on the live host (empty offline).
+    sources: &'a [ResolvedPath],
     /// Pool device number to where it lies: (whole disk, first sector).
     places: BTreeMap<DevNum, (DevNum, u64)>,
+    /// Loop devices by the identity of the regular file behind them.
+    loops_over: HashMap<(DevNum, u64), Vec<&'a BlockDevice>>,
+    by_number: HashMap<DevNum, &'a BlockDevice>,
 }
 
 impl<'a> Resolver<'a> {
-    pub(super) fn new(state: &StateSnapshot, host: &'a HostState) -> Resolver<'a> {
+    pub(super) fn new(
+        state: &StateSnapshot,
+        host: &'a HostState,
+        sources: &'a [ResolvedPath],
+    ) -> Resolver<'a> {
         let mut places = BTreeMap::new();
         for device in state.pools.iter().flat_map(|p| &p.devices) {
             places.insert(
@@ -63,7 +69,21 @@ impl<'a> Resolver<'a> {
                 ),
             );
         }
-        Resolver { host, places }
+        let mut loops_over: HashMap<(DevNum, u64), Vec<&BlockDevice>> = HashMap::new();
+        for device in &host.block_devices {
+            if let Some(backing) = &device.loop_backing
+                && let Some(PathTarget::File { dev, ino }) = host.path(&backing.file)
+            {
+                loops_over.entry((*dev, *ino)).or_default().push(device);
+            }
+        }
+        Resolver {
+            host,
+            sources,
+            places,
+            loops_over,
+            by_number: host.block_devices.iter().map(|d| (d.device, d)).collect(),
+        }
     }
 
     /// Where a pool device lies: as recorded, else as the host shows it,
@@ -112,42 +132,76 @@ impl<'a> Resolver<'a> {
         merged.into_iter().map(Area::Sectors).collect()
     }
 
-    /// The areas of the block device at `path`, if the host has it.
-    pub(super) fn device_path(&self, path: &str) -> Option<Vec<Area>> {
-        let device = devices::by_path(path, &self.host.block_devices)?;
-        Some(
-            devices::sectors_of(device, &self.host.block_devices)
-                .iter()
-                .map(Area::from)
-                .collect(),
-        )
+    /// What `path` resolved to: observed with the host, or with the
+    /// desired file; `None` when neither looked.
+    fn target(&self, path: &str) -> Option<&'a PathTarget> {
+        self.host.path(path).or_else(|| {
+            self.sources
+                .binary_search_by(|p| p.path.as_str().cmp(path))
+                .ok()
+                .map(|i| &self.sources[i].target)
+        })
+    }
+
+    /// The block device at `path` (through links), if there is one.
+    pub(super) fn block_device_at(&self, path: &str) -> Option<&'a BlockDevice> {
+        match self.target(path) {
+            Some(PathTarget::Block { device }) => self.by_number.get(device).copied(),
+            Some(_) => None,
+            None => devices::by_path(path, &self.host.block_devices),
+        }
+    }
+
+    /// The areas `path` touches: a block device's sectors, or a file's
+    /// identity and the windows of loop devices over it; `None` when the
+    /// host has nothing there (or nobody looked and it is no `/dev` name).
+    pub(super) fn path(&self, path: &str) -> Option<Vec<Area>> {
+        match self.target(path) {
+            Some(PathTarget::Block { device }) => self.device_number(*device),
+            Some(PathTarget::File { dev, ino }) => Some(self.file(*dev, *ino, path)),
+            Some(PathTarget::Missing | PathTarget::Other) => None,
+            None => {
+                let device = devices::by_path(path, &self.host.block_devices)?;
+                Some(self.block_device(device))
+            }
+        }
+    }
+
+    fn file(&self, dev: DevNum, ino: u64, path: &str) -> Vec<Area> {
+        let mut areas = vec![Area::Inode {
+            dev,
+            ino,
+            path: path.to_owned(),
+        }];
+        for device in self.loops_over.get(&(dev, ino)).into_iter().flatten() {
+            areas.extend(
+                devices::sectors_of(device, &self.host.block_devices)
+                    .iter()
+                    .map(Area::from),
+            );
+        }
+        areas
+    }
+
+    fn block_device(&self, device: &BlockDevice) -> Vec<Area> {
+        let mut areas: Vec<Area> = devices::sectors_of(device, &self.host.block_devices)
+            .iter()
+            .map(Area::from)
+            .collect();
+        // A loop device over a file is that file too.
+        if let Some(backing) = &device.loop_backing
+            && let Some(PathTarget::File { dev, ino }) = self.host.path(&backing.file)
+        {
+            areas.extend(self.file(*dev, *ino, &backing.file));
+        }
+        areas.sort();
+        areas.dedup();
+        areas
     }
 
     /// The areas of the block device numbered `number`, if the host has it.
     pub(super) fn device_number(&self, number: DevNum) -> Option<Vec<Area>> {
-        let device = self
-            .host
-            .block_devices
-            .iter()
-            .find(|d| d.device == number)?;
-        Some(
-            devices::sectors_of(device, &self.host.block_devices)
-                .iter()
-                .map(Area::from)
-                .collect(),
-        )
+        let device = self.by_number.get(&number)?;
+        Some(self.block_device(device))
     }
-}
-
-/// Whether two lists of areas share any sector or file.
-pub(super) fn overlap(a: &[Area], b: &[Area]) -> bool {
-    a.iter().any(|x| {
-        b.iter().any(|y| match (x, y) {
-            (Area::Sectors(p), Area::Sectors(q)) => {
-                p.device == q.device && p.start < q.end() && q.start < p.end()
-            }
-            (Area::File(p), Area::File(q)) => p == q,
-            _ => false,
-        })
-    })
 }

@@ -105,6 +105,12 @@ pub fn text(plan: &Plan, style: TextStyle, out: &mut dyn Write) -> io::Result<()
             plan.safety.holders
         )?;
     }
+    for holder in &plan.safety.unresolved {
+        writeln!(
+            out,
+            "Warning: cannot tell which disk {holder} uses; no step may write a disk while it is there."
+        )?;
+    }
     for conflict in &plan.safety.existing {
         writeln!(
             out,
@@ -129,10 +135,13 @@ pub fn text(plan: &Plan, style: TextStyle, out: &mut dyn Write) -> io::Result<()
 }
 
 fn conflict_text(conflict: &Conflict) -> String {
-    let when = if conflict.from_step == 0 {
-        "now".to_owned()
-    } else {
-        format!("after step {}", conflict.from_step)
+    let when = match conflict.must_wait {
+        Some((waiting, first)) => format!(
+            "if step {waiting} runs before step {first} is done (apply may run them at once): \
+             step {waiting} must wait for step {first}"
+        ),
+        None if conflict.from_step == 0 => "now".to_owned(),
+        None => format!("from step {} on", conflict.from_step),
     };
     format!(
         "{} and {} both use {} {when}; {}",

@@ -6,11 +6,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::super::actual;
 use super::super::resolve::{Area, normalise};
-use super::{Builder, overlap};
+use super::Builder;
 use crate::desired::{Mode, Source};
+use crate::extent::DevNum;
 use crate::observe::Attachment;
 use crate::plan::{Op, Pending, PlanError};
-use crate::safety::Holder;
+use crate::safety::{Holder, Layer, Owner};
 use crate::vdev::Vdev;
 
 impl Builder<'_> {
@@ -63,8 +64,10 @@ impl Builder<'_> {
                 let devid = vdev.device_id();
                 wanted.insert(devid);
                 let current = actual.get(&devid).copied();
+                // One being torn down is not attached: finish, then attach again.
                 if let Some(attachment) = current
-                    && self.actual_source(attachment) == disk.source
+                    && !attachment.is_closing()
+                    && sources_agree(&self.actual_source(attachment), &disk.source)
                     && actual::modes_agree(&attachment.mode, disk.mode)
                 {
                     // Kept: its acceptance of sharing is the file's to say
@@ -85,12 +88,23 @@ impl Builder<'_> {
                 });
                 self.diff.edges.extend(detach.map(|d| (d, attach)));
                 let areas = self.desired_areas(name, &vdev, &disk.source)?;
+                let on = match &disk.source {
+                    Source::Vdisk(vdisk) => {
+                        let extents = self.extents.get(vdisk).cloned().unwrap_or_default();
+                        self.vdisk_layers(vdisk, &extents)
+                    }
+                    Source::Phy(path) | Source::File(path) => {
+                        self.devices_used(&normalise(path), None)
+                    }
+                };
                 self.diff.holders.push(Holder {
                     name: format!("domain {name} {vdev} ({}, {})", disk.source, disk.mode),
-                    dom0: domid == 0,
+                    owner: owner(domid),
                     writable: disk.mode.is_writable(),
                     accepts_sharing: disk.mode == Mode::WriteShared,
                     areas,
+                    is: None,
+                    on,
                     added_by: Some(attach),
                     removed_by: None,
                 });
@@ -101,7 +115,6 @@ impl Builder<'_> {
                 }
             }
         }
-        self.order_detaches_before_conflicting_attaches();
         self.check_attached_vdisks(&managed);
         Ok(())
     }
@@ -116,40 +129,13 @@ impl Builder<'_> {
                 .unwrap_or_else(|| attachment.devid.to_string()),
             devid: attachment.devid,
             source: self.actual_source(attachment).to_string(),
+            backend: attachment.backend.clone(),
+            closing: attachment.is_closing(),
         });
         self.diff.holders[holder].removed_by = Some(op);
         self.detaches
             .insert((attachment.domid, attachment.devid), op);
         op
-    }
-
-    /// A detach that frees an area an attach needs comes first.
-    fn order_detaches_before_conflicting_attaches(&mut self) {
-        let leaving: Vec<&Holder> = self
-            .diff
-            .holders
-            .iter()
-            .filter(|h| h.removed_by.is_some())
-            .collect();
-        let arriving: Vec<&Holder> = self
-            .diff
-            .holders
-            .iter()
-            .filter(|h| h.added_by.is_some())
-            .collect();
-        let mut edges = Vec::new();
-        for old in &leaving {
-            for new in &arriving {
-                let writes = old.writable || new.writable;
-                if writes && overlap(&old.areas, &new.areas) {
-                    edges.push((
-                        old.removed_by.unwrap_or_default(),
-                        new.added_by.unwrap_or_default(),
-                    ));
-                }
-            }
-        }
-        self.diff.edges.extend(edges);
     }
 
     /// Vdisks that are deleted, or expired, while a domain still has them.
@@ -242,26 +228,29 @@ impl Builder<'_> {
             .iter()
             .map(|(v, op)| (v.clone(), *op))
             .collect();
+        let mut detaches_of: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (index, op) in self.diff.ops.iter().enumerate() {
+            if let Op::Detach { source, .. } = op
+                && let Some(vdisk) = source.strip_prefix("vdisk:")
+            {
+                detaches_of.entry(vdisk).or_default().push(index);
+            }
+        }
+        let mut edges = Vec::new();
+        let mut unrealises = Vec::new();
         for (vdisk, delete) in deleted {
             if !self.is_realised(&vdisk) {
                 continue;
             }
-            let unrealise = self.push(Op::Unrealise {
-                vdisk: vdisk.clone(),
-            });
-            self.diff.edges.push((unrealise, delete));
-            let detaches: Vec<usize> = self
-                .diff
-                .ops
-                .iter()
-                .enumerate()
-                .filter(|(_, op)| matches!(op, Op::Detach { source, .. } if *source == format!("vdisk:{vdisk}")))
-                .map(|(i, _)| i)
-                .collect();
-            self.diff
-                .edges
-                .extend(detaches.into_iter().map(|d| (d, unrealise)));
+            let unrealise = self.diff.ops.len() + unrealises.len();
+            edges.push((unrealise, delete));
+            for detach in detaches_of.get(vdisk.as_str()).into_iter().flatten() {
+                edges.push((*detach, unrealise));
+            }
+            unrealises.push(Op::Unrealise { vdisk });
         }
+        self.diff.ops.extend(unrealises);
+        self.diff.edges.extend(edges);
     }
 
     fn is_realised(&self, vdisk: &str) -> bool {
@@ -272,33 +261,81 @@ impl Builder<'_> {
         self.index.source(attachment)
     }
 
+    /// An attachment as a holder of what it really touches: a vdisk's
+    /// extents; else what its `params` path resolves to on the host, joined
+    /// with what `physical-device` (written by the hotplug script) names,
+    /// so that a disagreement between the two widens, never narrows, it.
     fn actual_holder(&self, attachment: &Attachment) -> Holder {
         let source = self.actual_source(attachment);
-        let areas = match &source {
+        let (mut areas, on) = match &source {
             Source::Vdisk(name) => {
-                let extents = self
-                    .index
-                    .vdisk(name)
-                    .map_or(&[][..], |v| v.extents.as_slice());
-                self.resolver.extents(extents)
+                let extents = self.extents_of(name);
+                (
+                    self.resolver.extents(&extents),
+                    self.vdisk_layers(name, &extents),
+                )
             }
-            Source::Phy(path) => attachment
-                .physical_device
-                .and_then(|d| self.resolver.device_number(d))
-                .or_else(|| self.resolver.device_path(path))
-                .unwrap_or_default(),
-            Source::File(path) => vec![Area::File(path.clone())],
+            Source::Phy(path) | Source::File(path) => {
+                let mut areas = self.resolver.path(path).unwrap_or_default();
+                let physical = attachment
+                    .physical_device
+                    .and_then(|d| self.resolver.device_number(d));
+                areas.extend(physical.into_iter().flatten());
+                if areas.is_empty() {
+                    // Nothing on the host is at that path now. A file may
+                    // have been renamed or deleted (it is then no disk
+                    // xendisk writes); a device may be anything.
+                    let file = matches!(source, Source::File(_)) && attachment.kind != "phy";
+                    areas.push(if file {
+                        Area::Path(path.clone())
+                    } else {
+                        Area::Unknown(attachment.params.clone())
+                    });
+                }
+                areas.sort();
+                areas.dedup();
+                (areas, self.devices_used(path, attachment.physical_device))
+            }
         };
+        if areas.is_empty() {
+            areas.push(Area::Unknown(attachment.params.clone()));
+        }
         let mode = actual::mode_of(&attachment.mode);
+        let closing = if attachment.is_closing() {
+            ", being detached"
+        } else {
+            ""
+        };
         Holder {
-            name: format!("{} ({source}, {mode})", self.attachment_name(attachment)),
-            dom0: attachment.domid == 0,
+            name: format!(
+                "{} ({source}, {mode}{closing})",
+                self.attachment_name(attachment)
+            ),
+            owner: owner(attachment.domid),
             writable: mode.is_writable(),
             accepts_sharing: mode == Mode::WriteShared,
             areas,
+            is: None,
+            on,
             added_by: None,
             removed_by: None,
         }
+    }
+
+    /// The block devices an attachment of `path` goes through: it is
+    /// built on them, as dom0's hold on what is under them is.
+    fn devices_used(&self, path: &str, physical: Option<DevNum>) -> Vec<Layer> {
+        let mut on: Vec<Layer> = self
+            .resolver
+            .block_device_at(path)
+            .map(|d| d.device)
+            .into_iter()
+            .chain(physical)
+            .map(Layer::Device)
+            .collect();
+        on.sort();
+        on.dedup();
+        on
     }
 
     pub(super) fn attachment_name(&self, attachment: &Attachment) -> String {
@@ -325,14 +362,40 @@ impl Builder<'_> {
                 .extents(self.extents.get(name).map_or(&[][..], Vec::as_slice)),
             Source::Phy(path) => {
                 self.resolver
-                    .device_path(path)
+                    .path(&normalise(path))
                     .ok_or_else(|| PlanError::UnknownPhy {
                         domain: domain.to_owned(),
                         vdev: vdev.canonical_name(),
                         source_text: source.to_string(),
                     })?
             }
-            Source::File(path) => vec![Area::File(normalise(path))],
+            // A file that is a block device (or a link to one) is that
+            // device; one a loop device is over is that loop device too.
+            Source::File(path) => {
+                let path = normalise(path);
+                self.resolver
+                    .path(&path)
+                    .unwrap_or_else(|| vec![Area::Path(path)])
+            }
         })
+    }
+}
+
+/// dom0's attachments are dom0's own uses.
+fn owner(domid: u32) -> Owner {
+    if domid == 0 {
+        Owner::Domain0
+    } else {
+        Owner::Guest
+    }
+}
+
+/// Whether what is attached is what the file asks for. A `file:` naming a
+/// block device is attached as one (xl and the hotplug script see a block
+/// device), and reads back as `phy:`.
+fn sources_agree(actual: &Source, desired: &Source) -> bool {
+    match (actual, desired) {
+        (Source::Phy(attached), Source::File(wanted)) => *attached == normalise(wanted),
+        (actual, desired) => actual == desired,
     }
 }

@@ -8,8 +8,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use super::actual::ActualIndex;
 
 mod attachments;
+mod holders;
 
-use super::resolve::{Area, Resolver, normalise, overlap};
+use super::resolve::{Resolver, normalise};
 use super::{Op, Pending, PlanError, PlanInput, PlanOptions, Refusal};
 use crate::desired::{Expiry, Scrub, Size};
 use crate::extent::{DevNum, SectorRange};
@@ -81,7 +82,7 @@ pub(super) fn diff(input: &PlanInput<'_>, options: PlanOptions) -> Result<Diff, 
         index: ActualIndex::new(input.state, input.host),
         detaches: HashMap::new(),
         options,
-        resolver: Resolver::new(input.state, input.host),
+        resolver: Resolver::new(input.state, input.host, input.sources),
         diff: Diff {
             ops: Vec::new(),
             edges: Vec::new(),
@@ -106,6 +107,7 @@ pub(super) fn diff(input: &PlanInput<'_>, options: PlanOptions) -> Result<Diff, 
     builder.vdisks()?;
     builder.attachments()?;
     builder.realisation();
+    builder.xendisk_holders();
     Ok(builder.diff)
 }
 
@@ -120,20 +122,6 @@ impl Builder<'_> {
             kind: kind.to_owned(),
             message,
         });
-    }
-
-    fn dom0_holders(&mut self) {
-        for used in &self.input.host.dom0_uses {
-            self.diff.holders.push(Holder {
-                name: used.description.clone(),
-                dom0: true,
-                writable: used.writable,
-                accepts_sharing: false,
-                areas: vec![Area::from(&used.target)],
-                added_by: None,
-                removed_by: None,
-            });
-        }
     }
 
     fn pool_devices(&mut self) -> Result<(), PlanError> {
@@ -201,8 +189,7 @@ impl Builder<'_> {
                 if recorded.contains(&path) && moving.is_none() {
                     continue;
                 }
-                let host = &self.input.host.block_devices;
-                let Some(device) = crate::observe::devices::by_path(&path, host) else {
+                let Some(device) = self.resolver.block_device_at(&path) else {
                     return Err(PlanError::UnknownPoolDevice {
                         pool: pool_name.clone(),
                         path,
@@ -220,8 +207,8 @@ impl Builder<'_> {
                 if let Some(removal) = moving {
                     self.diff.edges.push((removal, op));
                 }
+                // Whatever else holds it meets its holder in the sharing check.
                 self.resolver.add_pool_device(device.device);
-                self.check_pool_device_unused(pool_name, &path, device.device);
                 let space = self
                     .spaces
                     .entry(pool_name.clone())
@@ -251,37 +238,6 @@ impl Builder<'_> {
             space.dirty.sort();
         }
         Ok(())
-    }
-
-    /// A pool device must be free of every other use: dom0's, and guests'.
-    fn check_pool_device_unused(&mut self, pool: &str, path: &str, device: DevNum) {
-        let Some(areas) = self.resolver.device_number(device) else {
-            return;
-        };
-        let mut users: Vec<String> = Vec::new();
-        for used in &self.input.host.dom0_uses {
-            if overlap(&areas, &[Area::from(&used.target)]) {
-                users.push(used.description.clone());
-            }
-        }
-        for attachment in &self.input.host.attachments {
-            let attached = attachment
-                .physical_device
-                .and_then(|d| self.resolver.device_number(d));
-            if attached.is_some_and(|a| overlap(&areas, &a)) {
-                users.push(format!("attached to {}", self.attachment_name(attachment)));
-            }
-        }
-        if !users.is_empty() {
-            self.refuse(
-                "pool-device-in-use",
-                format!(
-                    "pool device {path} of pool `{pool}` is in use: {}; a pool device must be free of every \
-                     other use",
-                    users.join("; ")
-                ),
-            );
-        }
     }
 
     fn vdisks(&mut self) -> Result<(), PlanError> {

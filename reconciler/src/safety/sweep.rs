@@ -1,0 +1,145 @@
+//! Finding the pairs of holders that would conflict if they met: one sweep
+//! per device (or file) over intervals sorted by start, comparing each
+//! interval only with those still open. Unlike the ancestor's pairwise
+//! test, an area strictly containing another is an overlap too.
+
+use std::collections::HashSet;
+
+use super::{Area, Holder, forbidden, meets_unknown, writes_during_plan};
+use crate::desired::Sharing;
+use crate::extent::DevNum;
+
+/// Two holders (indices, `first < second`) whose areas overlap and that
+/// may not share them, whatever the time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Clash {
+    pub first: usize,
+    pub second: usize,
+    /// The shared area, for a person.
+    pub area: String,
+    pub reason: String,
+}
+
+/// Where an interval lies: a disk's sectors, a file by identity, a file by
+/// path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Key<'a> {
+    Disk(DevNum),
+    Inode(DevNum, u64),
+    Path(&'a str),
+}
+
+/// Every pair of holders that would conflict if present together.
+pub fn clashes(holders: &[Holder], level: Sharing) -> Vec<Clash> {
+    let mut intervals: Vec<(Key<'_>, u64, u64, usize)> = Vec::new();
+    let mut unknown: Vec<usize> = Vec::new();
+    for (index, holder) in holders.iter().enumerate() {
+        for area in &holder.areas {
+            match area {
+                Area::Sectors(range) if range.sectors > 0 => {
+                    intervals.push((Key::Disk(range.device), range.start, range.end(), index))
+                }
+                Area::Sectors(_) => {}
+                Area::Inode { dev, ino, .. } => {
+                    intervals.push((Key::Inode(*dev, *ino), 0, u64::MAX, index))
+                }
+                Area::Path(path) => intervals.push((Key::Path(path), 0, u64::MAX, index)),
+                Area::Unknown(_) => unknown.push(index),
+            }
+        }
+    }
+    intervals.sort_unstable();
+
+    let mut found: Vec<Clash> = Vec::new();
+    let mut seen: HashSet<(usize, usize)> = HashSet::new();
+    // Intervals still open at the sweep position, on the current key.
+    let mut active: Vec<(u64, u64, usize)> = Vec::new();
+    let mut current: Option<Key<'_>> = None;
+    for &(key, start, stop, index) in &intervals {
+        if current != Some(key) {
+            active.clear();
+            current = Some(key);
+        }
+        active.retain(|&(_, other_stop, _)| other_stop > start);
+        for &(other_start, other_stop, other) in &active {
+            let pair = (other.min(index), other.max(index));
+            if other == index || seen.contains(&pair) {
+                continue;
+            }
+            let Some(reason) = forbidden(level, &holders[pair.0], &holders[pair.1]) else {
+                continue;
+            };
+            seen.insert(pair);
+            let area = match key {
+                Key::Disk(device) => format!(
+                    "{device} sectors {}..{}",
+                    other_start.max(start),
+                    other_stop.min(stop)
+                ),
+                Key::Inode(dev, ino) => {
+                    let (a, b) = (
+                        file_path(&holders[other], dev, ino),
+                        file_path(&holders[index], dev, ino),
+                    );
+                    let names = if a == b { a } else { format!("{a} = {b}") };
+                    format!("file {names} (inode {ino} on {dev})")
+                }
+                Key::Path(path) => format!("file {path}"),
+            };
+            found.push(Clash {
+                first: pair.0,
+                second: pair.1,
+                area,
+                reason,
+            });
+        }
+        active.push((start, stop, index));
+    }
+
+    if !unknown.is_empty() {
+        let writers: Vec<usize> = (0..holders.len())
+            .filter(|i| writes_during_plan(&holders[*i]))
+            .collect();
+        for &u in &unknown {
+            for &w in &writers {
+                let pair = (u.min(w), u.max(w));
+                if u == w || seen.contains(&pair) {
+                    continue;
+                }
+                if let Some(reason) = meets_unknown(&holders[u], &holders[w]) {
+                    seen.insert(pair);
+                    let area = holders[u]
+                        .areas
+                        .iter()
+                        .find_map(|a| match a {
+                            Area::Unknown(what) => Some(format!("unresolved {what}")),
+                            _ => None,
+                        })
+                        .unwrap_or_default();
+                    found.push(Clash {
+                        first: pair.0,
+                        second: pair.1,
+                        area,
+                        reason,
+                    });
+                }
+            }
+        }
+    }
+    found
+}
+
+fn file_path(holder: &Holder, dev: DevNum, ino: u64) -> String {
+    holder
+        .areas
+        .iter()
+        .find_map(|a| match a {
+            Area::Inode {
+                dev: d,
+                ino: i,
+                path,
+            } if *d == dev && *i == ino => Some(path.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
