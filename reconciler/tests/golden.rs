@@ -267,10 +267,16 @@ fn golden_cases() {
 #[test]
 fn every_host_fixture_is_adopted_without_changes() {
     // Hosts that cannot be described as they stand, and why.
-    let unadoptable = [(
-        "plan-expired-vdisk-still-attached",
-        "an attached vdisk has expired: no file can declare it as it is",
-    )];
+    let unadoptable = [
+        (
+            "plan-expired-vdisk-still-attached",
+            "an attached vdisk has expired: no file can declare it as it is",
+        ),
+        (
+            "plan-backend-being-detached",
+            "a backend half torn down is not attached: declared, it is attached again; left out, its detach is finished",
+        ),
+    ];
     let mut adopted = 0;
     for entry in fs::read_dir(golden_root()).unwrap() {
         let dir = entry.unwrap().path();

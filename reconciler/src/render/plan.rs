@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::FORMAT_VERSION;
 use crate::plan::{Op, Plan, Resource, Step};
-use crate::safety::Conflict;
+use crate::safety::{Conflict, ConflictKind};
 
 /// How to print a text plan.
 #[derive(Debug, Clone, Copy, Default)]
@@ -124,11 +124,12 @@ pub fn text(plan: &Plan, style: TextStyle, out: &mut dyn Write) -> io::Result<()
             writeln!(out, "  - {}", refusal.message)?;
         }
         for conflict in &plan.safety.conflicts {
-            writeln!(
-                out,
-                "  - unsafe sharing ({level}): {}",
-                conflict_text(conflict)
-            )?;
+            let kind = match conflict.kind {
+                ConflictKind::Sharing => format!("unsafe sharing ({level})"),
+                ConflictKind::Xendisk => "xendisk's own sectors".to_owned(),
+                ConflictKind::Unresolved => "unresolved holder".to_owned(),
+            };
+            writeln!(out, "  - {kind}: {}", conflict_text(conflict))?;
         }
     }
     Ok(())
@@ -230,8 +231,22 @@ fn describe(op: &Op) -> String {
             domid,
             vdev,
             source,
+            backend,
+            closing,
             ..
-        } => format!("detach {vdev}: {source} (domid {domid})"),
+        } => {
+            let what = if *closing {
+                "finish detaching"
+            } else {
+                "detach"
+            };
+            let under = if backend == "vbd" {
+                String::new()
+            } else {
+                format!(", {backend} backend")
+            };
+            format!("{what} {vdev}: {source} (domid {domid}{under})")
+        }
     }
 }
 

@@ -100,9 +100,22 @@ impl Holder {
     }
 }
 
+/// What rule two holders break.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConflictKind {
+    /// The sharing level forbids it.
+    Sharing,
+    /// One of them is xendisk's own (a pool device, a vdisk, a scrub).
+    Xendisk,
+    /// One of them could not be resolved, the other writes a disk.
+    Unresolved,
+}
+
 /// Two holders sharing an area in a way the level forbids.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Conflict {
+    pub kind: ConflictKind,
     pub first: String,
     pub second: String,
     /// The shared area: "8:16 sectors 2048..133120" or a file.
@@ -149,13 +162,23 @@ pub fn ordering_edges(holders: &[Holder], level: Sharing) -> Vec<(usize, usize)>
     edges
 }
 
-/// Those of `edges` (`(first, then)`, step ids) that the dependencies do
-/// not imply already.
+/// Those of `edges` (`(first, then)`, step ids) that neither the
+/// dependencies nor the edges kept before them imply: nearest pairs first,
+/// so that a long edge a chain of short ones already makes is dropped.
 pub fn not_implied(edges: &[(usize, usize)], dependencies: &Dependencies) -> Vec<usize> {
-    let mut reach = order::Reach::new(dependencies);
-    (0..edges.len())
-        .filter(|&i| !reach.before_or_same(edges[i].0, edges[i].1))
-        .collect()
+    let mut by_length: Vec<usize> = (0..edges.len()).collect();
+    by_length.sort_by_key(|&i| (edges[i].1.abs_diff(edges[i].0), edges[i]));
+    let mut dependencies = dependencies.clone();
+    let mut kept = Vec::new();
+    for i in by_length {
+        let (first, then) = edges[i];
+        if !order::Reach::new(&dependencies).before_or_same(first, then) {
+            dependencies.add(first, then);
+            kept.push(i);
+        }
+    }
+    kept.sort_unstable();
+    kept
 }
 
 /// `gone` removed by a step before `comes` is added by one.
@@ -193,6 +216,7 @@ pub fn check(holders: &[Holder], dependencies: &Dependencies, level: Sharing) ->
             _ => None,
         };
         let conflict = Conflict {
+            kind: clash.kind,
             first: a.name.clone(),
             second: b.name.clone(),
             area: clash.area,
@@ -224,7 +248,7 @@ pub fn check(holders: &[Holder], dependencies: &Dependencies, level: Sharing) ->
 }
 
 /// Why these two may not share an area, if they may not.
-fn forbidden(level: Sharing, a: &Holder, b: &Holder) -> Option<String> {
+fn forbidden(level: Sharing, a: &Holder, b: &Holder) -> Option<(ConflictKind, String)> {
     if built_on_each_other(a, b) {
         return None;
     }
@@ -232,27 +256,28 @@ fn forbidden(level: Sharing, a: &Holder, b: &Holder) -> Option<String> {
         return None;
     }
     if a.owner == Owner::Xendisk || b.owner == Owner::Xendisk {
-        return Some(
+        return Some((
+            ConflictKind::Xendisk,
             "xendisk writes these sectors: a pool device, its vdisks and its scrubs share them \
              with nothing else, at any sharing level"
                 .into(),
-        );
+        ));
     }
     let writers: Vec<&Holder> = [a, b].into_iter().filter(|h| h.writable).collect();
     if writers.is_empty() || writers.iter().all(|h| h.accepts_sharing) {
         return None;
     }
-    match level {
-        Sharing::Unsafe => None,
-        Sharing::SingleWriter if writers.len() == 1 => None,
-        Sharing::SingleWriter => Some(
-            "single-writer allows one writer at a time; use w! on both to accept sharing".into(),
-        ),
-        Sharing::Exclusive => Some(
+    let reason = match level {
+        Sharing::Unsafe => return None,
+        Sharing::SingleWriter if writers.len() == 1 => return None,
+        Sharing::SingleWriter => {
+            "single-writer allows one writer at a time; use w! on both to accept sharing"
+        }
+        Sharing::Exclusive => {
             "exclusive allows sharing only between readers; use w! on the writer to accept it"
-                .into(),
-        ),
-    }
+        }
+    };
+    Some((ConflictKind::Sharing, reason.into()))
 }
 
 fn built_on_each_other(a: &Holder, b: &Holder) -> bool {
@@ -262,16 +287,19 @@ fn built_on_each_other(a: &Holder, b: &Holder) -> bool {
 
 /// Whether an unresolved holder and `other` must be kept apart: anything
 /// that writes a disk, or an attachment that may write it.
-fn meets_unknown(unknown: &Holder, other: &Holder) -> Option<String> {
+fn meets_unknown(unknown: &Holder, other: &Holder) -> Option<(ConflictKind, String)> {
     if !writes_during_plan(other)
         || (unknown.owner == Owner::Domain0 && other.owner == Owner::Domain0)
     {
         return None;
     }
-    Some(format!(
-        "what {} uses cannot be resolved on this host, so it may be these sectors; \
-         detach it (or let its hotplug script finish) and plan again",
-        unknown.name
+    Some((
+        ConflictKind::Unresolved,
+        format!(
+            "what {} uses cannot be resolved on this host, so it may be these sectors; \
+             detach it (or let its hotplug script finish) and plan again",
+            unknown.name
+        ),
     ))
 }
 

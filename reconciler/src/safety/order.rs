@@ -25,6 +25,14 @@ impl Dependencies {
         }
     }
 
+    /// Makes `then` wait for `first` too.
+    pub(super) fn add(&mut self, first: usize, then: usize) {
+        if let Some(waits) = then.checked_sub(1).and_then(|k| self.waits_for.get_mut(k)) {
+            waits.push(first);
+            self.numbered_in_order &= first >= 1 && first < then;
+        }
+    }
+
     fn of(&self, step: usize) -> &[usize] {
         step.checked_sub(1)
             .and_then(|k| self.waits_for.get(k))

@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 
-use super::{Area, Holder, forbidden, meets_unknown, writes_during_plan};
+use super::{Area, ConflictKind, Holder, forbidden, meets_unknown, writes_during_plan};
 use crate::desired::Sharing;
 use crate::extent::DevNum;
 
@@ -17,6 +17,7 @@ pub struct Clash {
     pub second: usize,
     /// The shared area, for a person.
     pub area: String,
+    pub kind: ConflictKind,
     pub reason: String,
 }
 
@@ -66,7 +67,7 @@ pub fn clashes(holders: &[Holder], level: Sharing) -> Vec<Clash> {
             if other == index || seen.contains(&pair) {
                 continue;
             }
-            let Some(reason) = forbidden(level, &holders[pair.0], &holders[pair.1]) else {
+            let Some((kind, reason)) = forbidden(level, &holders[pair.0], &holders[pair.1]) else {
                 continue;
             };
             seen.insert(pair);
@@ -90,6 +91,7 @@ pub fn clashes(holders: &[Holder], level: Sharing) -> Vec<Clash> {
                 first: pair.0,
                 second: pair.1,
                 area,
+                kind,
                 reason,
             });
         }
@@ -106,7 +108,7 @@ pub fn clashes(holders: &[Holder], level: Sharing) -> Vec<Clash> {
                 if u == w || seen.contains(&pair) {
                     continue;
                 }
-                if let Some(reason) = meets_unknown(&holders[u], &holders[w]) {
+                if let Some((kind, reason)) = meets_unknown(&holders[u], &holders[w]) {
                     seen.insert(pair);
                     let area = holders[u]
                         .areas
@@ -120,6 +122,7 @@ pub fn clashes(holders: &[Holder], level: Sharing) -> Vec<Clash> {
                         first: pair.0,
                         second: pair.1,
                         area,
+                        kind,
                         reason,
                     });
                 }
