@@ -152,6 +152,34 @@ impl XsClient {
         }
     }
 
+    /// Several nodes' values in one round trip: every request is sent
+    /// before the first answer is read (xenstored answers a connection's
+    /// requests in order, each answer carrying its request's id).
+    pub fn read_many(&mut self, tx: Tx, paths: &[String]) -> Result<Vec<Option<String>>, XsError> {
+        if matches!(self.connection, Connection::Device(_)) {
+            // The xenbus device takes one message a write: ask in turn.
+            return paths.iter().map(|path| self.read(tx, path)).collect();
+        }
+        let first = self.next_request;
+        let mut batch = Vec::new();
+        for path in paths {
+            let message = Message::new(
+                MessageType::Read,
+                self.next_request,
+                tx,
+                nul_terminated([path.as_bytes()]),
+            );
+            self.next_request = self.next_request.wrapping_add(1);
+            message
+                .write_to(&mut batch)
+                .map_err(|source| batch_error(paths, source))?;
+        }
+        match &self.connection {
+            Connection::Socket(stream) => exchange(stream, &batch, first, paths),
+            Connection::Device(file) => exchange(file, &batch, first, paths),
+        }
+    }
+
     pub fn write(&mut self, tx: Tx, path: &str, value: &str) -> Result<(), XsError> {
         let mut payload = nul_terminated([path.as_bytes()]);
         payload.extend_from_slice(value.as_bytes());
@@ -253,6 +281,77 @@ impl XsClient {
             attempts: TRANSACTION_ATTEMPTS,
             what: what.to_owned(),
         })
+    }
+}
+
+/// Sends a batch of READ requests and collects their answers by id.
+fn exchange<S>(
+    mut stream: S,
+    batch: &[u8],
+    first: u32,
+    paths: &[String],
+) -> Result<Vec<Option<String>>, XsError>
+where
+    S: io::Read + Write,
+{
+    stream
+        .write_all(batch)
+        .and_then(|()| stream.flush())
+        .map_err(|source| batch_error(paths, source))?;
+    let mut values: Vec<Option<Option<String>>> = vec![None; paths.len()];
+    let mut missing = paths.len();
+    while missing > 0 {
+        let reply = Message::read_from(&mut stream)
+            .map_err(|source| batch_error(paths, source))?
+            .ok_or_else(|| {
+                batch_error(
+                    paths,
+                    io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "xenstored closed the connection",
+                    ),
+                )
+            })?;
+        if reply.message_type() == Some(MessageType::WatchEvent) {
+            continue; // this client sets no watches
+        }
+        let index = reply.request_id.wrapping_sub(first) as usize;
+        let Some(slot) = values.get_mut(index).filter(|slot| slot.is_none()) else {
+            return Err(batch_error(
+                paths,
+                io::Error::other(format!(
+                    "an answer to request {} that was not asked",
+                    reply.request_id
+                )),
+            ));
+        };
+        let value = if reply.message_type() == Some(MessageType::Error) {
+            let errno = String::from_utf8_lossy(
+                reply.payload.strip_suffix(b"\0").unwrap_or(&reply.payload),
+            )
+            .into_owned();
+            if errno != "ENOENT" {
+                return Err(XsError::Errno {
+                    errno,
+                    operation: "READ",
+                    path: paths[index].clone(),
+                });
+            }
+            None
+        } else {
+            Some(String::from_utf8_lossy(&reply.payload).into_owned())
+        };
+        *slot = Some(value);
+        missing -= 1;
+    }
+    Ok(values.into_iter().map(Option::flatten).collect())
+}
+
+fn batch_error(paths: &[String], source: io::Error) -> XsError {
+    XsError::Io {
+        operation: "READ",
+        path: paths.first().cloned().unwrap_or_default(),
+        source,
     }
 }
 

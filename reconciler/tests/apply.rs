@@ -716,3 +716,52 @@ fn detaches_overlap_with_parallelism_and_never_without() {
         );
     }
 }
+
+/// A guest gives back a partition that becomes a pool device. With
+/// `--parallelism 4` apply runs steps as soon as their dependencies are
+/// done: the pool add and the scrub of the new vdisk's extents must still
+/// start only after the guest has let go (its close takes 300 ms), because
+/// the plan makes them wait for the detach.
+#[test]
+fn a_partition_joins_a_pool_only_after_the_guest_let_go_at_any_parallelism() {
+    let guests = GuestPolicy {
+        close_delay: Duration::from_millis(300),
+        never_close: Default::default(),
+    };
+    let host = Host::new(guests, Faults::default());
+    host.file(
+        "attached.toml",
+        "[settings]\ntoolstack = \"xenstore\"\n\n[domains.guest1.disks]\nxvdb = { source = \"phy:/dev/sdb1\", mode = \"w\" }\n",
+    );
+    host.file(
+        "pooled.toml",
+        "[settings]\ntoolstack = \"xenstore\"\n\n[pools.fast]\ndevices = [\"/dev/sdb1\"]\n\n\
+         [vdisks.data]\npool = \"fast\"\nsize = \"1GiB\"\n\n[domains.guest1.disks]\n",
+    );
+    assert_exit(&host.apply("attached.toml", &[]), 0);
+    assert_eq!(host.attached(4), ["51728"]);
+    assert_exit(&host.apply("pooled.toml", &["--parallelism", "4"]), 0);
+    assert!(host.attached(4).is_empty());
+
+    let runs: serde_json::Value =
+        serde_json::from_slice(&host.run(&["state", "--runs", "--json"]).stdout).unwrap();
+    let steps = runs[0]["steps"].as_array().unwrap();
+    let time = |op: &str, key: &str| {
+        let step = steps
+            .iter()
+            .find(|s| s["op"]["op"] == op)
+            .unwrap_or_else(|| panic!("no {op} step in {steps:?}"));
+        step[key]
+            .as_str()
+            .unwrap()
+            .parse::<jiff::Timestamp>()
+            .unwrap()
+    };
+    let released = time("detach", "finished_at");
+    for op in ["add-pool-device", "scrub", "create-vdisk"] {
+        assert!(
+            time(op, "started_at") >= released,
+            "{op} started before the guest let go of the partition: {steps:#?}"
+        );
+    }
+}

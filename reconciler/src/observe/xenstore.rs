@@ -3,12 +3,13 @@
 //! `/dev/xen/xenbus`).
 //!
 //! Per attachment it reads six nodes of the backend directory, `params`,
-//! `mode`, `type`, `physical-device`, `online` and `state`: what the safety
-//! check needs, including whether the backend is being torn down. The
-//! frontend matters only to apply, which reads it when it detaches. Round
-//! trips are counted and logged at debug level.
+//! `mode`, `type`, `physical-device`, `online` and `state` (what the safety
+//! check needs, including whether the backend is being torn down), sent
+//! together in one round trip. The frontend matters only to apply, which
+//! reads it when it detaches. Round trips are counted and logged at debug
+//! level.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io;
 
 use xenstore_rs::Xs;
@@ -18,6 +19,16 @@ use super::{Attachment, Domain};
 use crate::extent::DevNum;
 use crate::vdev::Vdev;
 use crate::xs_client::{XENBUS_DEVICE, XsClient, XsError, socket_path};
+
+/// What is read of each attachment's backend directory, in one round trip.
+const ATTACHMENT_LEAVES: [&str; 6] = [
+    "params",
+    "mode",
+    "type",
+    "physical-device",
+    "online",
+    "state",
+];
 
 /// Backend kinds that serve block devices.
 const BLOCK_BACKENDS: [&str; 3] = ["vbd", "qdisk", "vbd3"];
@@ -40,6 +51,9 @@ pub enum XenstoreError {
 
 struct Reader {
     xs: XsUnix,
+    /// Our own client, for what xenstore-rs does not do: paged listings and
+    /// several reads sent at once.
+    client: RefCell<XsClient>,
     round_trips: Cell<u64>,
 }
 
@@ -72,22 +86,35 @@ impl Reader {
         }
     }
 
-    /// The client does not page long listings: our own client does, on a
-    /// second connection, as libxenstore would.
+    /// The client does not page long listings: our own client does, as
+    /// libxenstore would.
     fn directory_parts(&self, path: &str) -> Result<Vec<String>, XenstoreError> {
         let request_error = |source: XsError| XenstoreError::Request {
             operation: "DIRECTORY_PART",
             path: path.to_owned(),
             source: io::Error::other(source.to_string()),
         };
-        let mut client = XsClient::connect().map_err(|source| XenstoreError::Request {
-            operation: "DIRECTORY_PART",
-            path: path.to_owned(),
-            source,
-        })?;
         self.round_trips.set(self.round_trips.get() + 1);
-        let names = client.directory(0, path).map_err(request_error)?;
+        let names = self
+            .client
+            .borrow_mut()
+            .directory(0, path)
+            .map_err(request_error)?;
         Ok(names.unwrap_or_default())
+    }
+
+    /// The nodes of one directory, asked for at once: one round trip.
+    fn leaves(&self, dir: &str, names: &[&str]) -> Result<Vec<Option<String>>, XenstoreError> {
+        self.round_trips.set(self.round_trips.get() + 1);
+        let paths: Vec<String> = names.iter().map(|name| format!("{dir}/{name}")).collect();
+        self.client
+            .borrow_mut()
+            .read_many(0, &paths)
+            .map_err(|source| XenstoreError::Request {
+                operation: "READ",
+                path: dir.to_owned(),
+                source: io::Error::other(source.to_string()),
+            })
     }
 }
 
@@ -106,8 +133,13 @@ pub fn read_xenstore() -> Result<XenstoreView, XenstoreError> {
         socket: socket_path(),
         source,
     })?;
+    let client = XsClient::connect().map_err(|source| XenstoreError::Connect {
+        socket: socket_path(),
+        source,
+    })?;
     let reader = Reader {
         xs,
+        client: RefCell::new(client),
         round_trips: Cell::new(0),
     };
     let mut domains = Vec::new();
@@ -135,7 +167,10 @@ pub fn read_xenstore() -> Result<XenstoreView, XenstoreError> {
                     continue;
                 };
                 let dir = format!("{base}/{domid}/{devid}");
-                let node = |leaf: &str| reader.read(&format!("{dir}/{leaf}"));
+                let [params, mode, kind, physical, online, state] = reader
+                    .leaves(&dir, &ATTACHMENT_LEAVES)?
+                    .try_into()
+                    .unwrap_or_default();
                 attachments.push(Attachment {
                     domid: domid_number,
                     devid: devid_number,
@@ -143,10 +178,10 @@ pub fn read_xenstore() -> Result<XenstoreView, XenstoreError> {
                         .ok()
                         .map(|v| v.canonical_name()),
                     backend: backend.to_owned(),
-                    params: node("params")?.unwrap_or_default(),
-                    mode: node("mode")?.unwrap_or_default(),
-                    kind: node("type")?.unwrap_or_default(),
-                    physical_device: node("physical-device")?.as_deref().and_then(|text| {
+                    params: params.unwrap_or_default(),
+                    mode: mode.unwrap_or_default(),
+                    kind: kind.unwrap_or_default(),
+                    physical_device: physical.as_deref().and_then(|text| {
                         let parsed = parse_physical_device(text);
                         if parsed.is_none() {
                             tracing::warn!("{dir}/physical-device is {text:?}, not major:minor in hexadecimal; ignored");
@@ -154,8 +189,8 @@ pub fn read_xenstore() -> Result<XenstoreView, XenstoreError> {
                         parsed
                     }),
                     // libxl writes `online = 1`; a missing node is not a request to go.
-                    online: node("online")?.is_none_or(|text| text.trim() != "0"),
-                    state: node("state")?.and_then(|text| text.trim().parse().ok()),
+                    online: online.is_none_or(|text| text.trim() != "0"),
+                    state: state.and_then(|text| text.trim().parse().ok()),
                 });
             }
         }
