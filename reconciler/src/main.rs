@@ -68,7 +68,7 @@ enum Command {
         /// Print JSON, with every vdisk's extents in order.
         #[arg(long)]
         json: bool,
-        /// Also verify the DB: SQLite's integrity check and xendisk's invariants.
+        /// Also verify the DB: SQLite's integrity check and xendisk's invariants (such as no two pool devices sharing a sector).
         #[arg(long)]
         check: bool,
         /// Show the apply history (the journal) instead.

@@ -142,6 +142,23 @@ impl Vdev {
                 disk: minor >> 4,
                 partition: minor & 0xf,
             },
+            // Major 3 holds only hda and hdb (minors 0-127): the interface puts
+            // hdc and hdd on major 22. Minors 128-255 here would name hdc or
+            // hdd, whose id is on major 22, so two ids would name one disk and
+            // an attachment observed under this id could never be matched.
+            HD_MAJOR_FIRST if minor >> 6 >= 2 => {
+                let same = Vdev {
+                    kind: VdevKind::Hd,
+                    disk: minor >> 6,
+                    partition: minor & 0x3f,
+                };
+                return Err(invalid(format!(
+                    "device id {id} (major 3, minor {minor}) is not canonical: major 3 holds only \
+                     hda and hdb (minors 0-127); it would be {same}, which xen-vbd-interface(7) \
+                     puts on major 22 as id {}; use that id or the name {same}",
+                    same.device_id()
+                )));
+            }
             HD_MAJOR_FIRST => Vdev {
                 kind: VdevKind::Hd,
                 disk: minor >> 6,
@@ -166,6 +183,16 @@ impl Vdev {
             return Err(invalid(format!(
                 "device id {id} names IDE disk {}, but only 0-3 exist",
                 vdev.disk
+            )));
+        }
+        // The cases above should leave only canonical ids; this guard keeps
+        // "one id, one name" true even if a new encoding slips past them,
+        // since a non-canonical id is an attachment no plan could ever match.
+        let canonical = vdev.device_id();
+        if canonical != id {
+            return Err(invalid(format!(
+                "device id {id} is not canonical: it would be {vdev}, whose id is {canonical}; \
+                 use that id or the name {vdev}"
             )));
         }
         Ok(vdev)

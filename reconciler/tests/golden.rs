@@ -11,7 +11,8 @@
 //! through `XENSTORED_PATH`; without one, `XENSTORED_PATH` names a socket
 //! that does not exist. A case with a `state.ops` starts from a state DB
 //! built by replaying those operations through the library (one a line:
-//! `add-pool-device POOL EXTENT PATH MAJOR:MINOR SECTORS`,
+//! `add-pool-device POOL EXTENT PATH MAJOR:MINOR SECTORS [DISK START]`
+//! (with its place on its whole disk `DISK`, as MAJOR:MINOR, when given),
 //! `create-vdisk NAME POOL SIZE EXPIRY [TIME]`, `delete-vdisk NAME [TIME]`);
 //! every command gets it as `XENDISK_STATE`. With several commands, each one's output is
 //! headed by `$ xendisk ARGS` and `exit-code` has a line per command.
@@ -129,7 +130,7 @@ fn mask_seconds(text: &str) -> String {
 /// Replays `state.ops` into a new state DB at `path`.
 fn build_state(path: &Path, ops: &str) {
     use xendisk::desired::{Expiry, Size};
-    use xendisk::state::{DeviceGeometry, StateDb};
+    use xendisk::state::{DeviceGeometry, DiskPlace, StateDb};
     let mut db = StateDb::open(path).expect("a scratch state DB");
     let time = |text: Option<&&str>| {
         text.unwrap_or(&"2026-01-01T00:00:00Z")
@@ -151,6 +152,7 @@ fn build_state(path: &Path, ops: &str) {
                 device_path,
                 number,
                 sectors,
+                place @ ..,
             ] => db
                 .add_pool_device(
                     pool,
@@ -159,7 +161,14 @@ fn build_state(path: &Path, ops: &str) {
                         path: (*device_path).to_owned(),
                         device: number.parse().unwrap(),
                         sectors: sectors.parse().unwrap(),
-                        on_disk: None,
+                        on_disk: match place {
+                            [] => None,
+                            [disk, start] => Some(DiskPlace {
+                                disk: disk.parse().unwrap(),
+                                start: start.parse().unwrap(),
+                            }),
+                            _ => panic!("state.ops: `{line}`: a place is DISK_MAJOR:MINOR START"),
+                        },
                     },
                     time(None),
                 )

@@ -126,6 +126,26 @@ xvda = { source = "vdisk:root", mode = "w" }
 }
 
 #[test]
+fn a_non_canonical_device_id_is_refused_where_it_is_written() {
+    // 923 (major 3, minor 155) would be hdc27, whose id is 5659: accepted,
+    // it would plan an attach at 5659 and never match an attachment at 923.
+    let text = r#"
+[domains.g.disks]
+xvda = { source = "phy:/dev/sr0", mode = "r" }
+923 = { source = "phy:/dev/sr1", mode = "r" }
+"#;
+    let problems = load(text).unwrap_err();
+    assert_eq!(problems.problems.len(), 1, "{problems}");
+    let problem = &problems.problems[0];
+    assert_eq!(problems.location(problem), "test.toml:4:1");
+    assert!(
+        problem.message.contains("device id 923") && problem.message.contains("5659"),
+        "{}",
+        problem.message
+    );
+}
+
+#[test]
 fn modes_are_normalised_and_sizes_exact() {
     let text = r#"
 [pools.p]

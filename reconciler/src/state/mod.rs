@@ -17,6 +17,7 @@ pub mod alloc;
 mod devices;
 mod journal;
 mod legacy;
+mod overlap;
 mod read;
 mod schema;
 #[cfg(test)]

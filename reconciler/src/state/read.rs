@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 
 use rusqlite::{OptionalExtension, params};
 
-use super::alloc;
 use super::{
     DiskPlace, PoolDeviceState, PoolState, StateDb, StateError, StateSnapshot, VdiskState,
     from_unix, to_unix,
 };
+use super::{alloc, overlap};
 use crate::desired::{Expiry, Size};
 use crate::extent::{DevNum, SectorRange};
 
@@ -293,8 +293,9 @@ impl StateDb {
             .map_err(error)
     }
 
-    /// SQLite's integrity check and xendisk's own invariants; the problems
-    /// found, none when consistent.
+    /// SQLite's integrity check and xendisk's own invariants (among them,
+    /// that no two pool devices share a sector); the problems found, none
+    /// when consistent.
     pub fn verify(&self, now: jiff::Timestamp) -> Result<Vec<String>, StateError> {
         let error = self.sqlite_error("verifying");
         let mut problems = Vec::new();
@@ -352,6 +353,10 @@ impl StateDb {
                 problems.push(format!("{what}: {}", names.join(", ")));
             }
         }
+        // Not an SQL query: the devices' places on their disks are compared
+        // with a sweep, each overlapping pair a problem of its own.
+        let pools = self.snapshot(now)?.pools;
+        problems.extend(overlap::overlaps(&pools).iter().map(ToString::to_string));
         Ok(problems)
     }
 }

@@ -260,6 +260,66 @@ fn devices_and_pools_are_checked_when_added() {
 }
 
 #[test]
+fn verify_reports_every_pair_of_overlapping_pool_devices() {
+    let placed = |path: &str, minor: u32, extents: u64, disk: u32, start: u64| DeviceGeometry {
+        on_disk: Some(DiskPlace {
+            disk: DevNum::new(8, disk),
+            start,
+        }),
+        ..device(path, minor, extents)
+    };
+    let mut db = StateDb::in_memory().unwrap();
+    // Apart: two partitions of 8:16 side by side.
+    for geometry in [
+        placed("/dev/sdb1", 17, 4, 16, 2048),
+        placed("/dev/sdb2", 18, 4, 16, 2048 + 4 * MIB + 7),
+    ] {
+        db.add_pool_device("a", size("1MiB"), &geometry, t0())
+            .unwrap();
+    }
+    assert_consistent(&db, t0());
+    // The whole disk 8:32 (place unknown: a disk of its own) in one pool,
+    // its partition in another, and a partition crossing sdb2.
+    db.add_pool_device("a", size("1MiB"), &device("/dev/sdc", 32, 10), t0())
+        .unwrap();
+    db.add_pool_device(
+        "b",
+        size("1MiB"),
+        &placed("/dev/sdc1", 33, 2, 32, 2048),
+        t0(),
+    )
+    .unwrap();
+    db.add_pool_device(
+        "b",
+        size("1MiB"),
+        &placed("/dev/sdb3", 19, 2, 16, 2048 + 6 * MIB),
+        t0(),
+    )
+    .unwrap();
+    let problems = db.verify(t0()).unwrap();
+    // sdb3 lies inside sdb2 (which ends at 2048 + 8 MiB + 14): all of it is shared.
+    let sdb3 = (2048 + 6 * MIB, 2048 + 8 * MIB + 7);
+    let advice = "a sector may serve only one pool device: remove one of them from its pool \
+                  in the desired file, then apply";
+    assert_eq!(
+        problems,
+        [
+            format!(
+                "pool devices /dev/sdb2 (pool `a`) and /dev/sdb3 (pool `b`) overlap: both hold \
+                 8:16 sectors {}..{}; {advice}",
+                sdb3.0, sdb3.1
+            ),
+            format!(
+                "pool devices /dev/sdc (pool `a`, place on its disk not recorded: taken as a \
+                 whole disk) and /dev/sdc1 (pool `b`) overlap: both hold 8:32 sectors \
+                 2048..{}; {advice}",
+                2048 + 2 * MIB + 7
+            ),
+        ]
+    );
+}
+
+#[test]
 fn names_are_stored_and_found_literally() {
     let mut db = two_device_pool();
     let name = "x'); DROP TABLE vdisks; --";

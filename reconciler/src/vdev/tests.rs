@@ -100,6 +100,10 @@ const INVALID: &[(&str, &str)] = &[
     ("12345", "not a xen-vbd-interface(7) encoding"),
     ("268435456", "extended encoding for disk 0 partition 0"),
     ("536870912", "reserved"),
+    // Major 3 minor 155 would be hdc27, but hdc is on major 22 (id 5659).
+    ("923", "not canonical"),
+    ("0x39b", "id 5659"),
+    ("1023", "would be hdd63"),
 ];
 
 #[test]
@@ -149,5 +153,130 @@ fn every_short_xvd_id_round_trips() {
             let vdev = Vdev::from_device_id(id).unwrap();
             assert_eq!(Vdev::parse(&vdev.canonical_name()).unwrap().device_id(), id);
         }
+    }
+}
+
+/// The property every decoded id must have: it encodes back to itself, and
+/// its canonical name parses back to the same vdev. An error is also fine;
+/// what must never happen is an id that decodes to a vdev with another id,
+/// since an attachment observed under it could never be matched.
+fn maps_back_to_itself(id: u32) -> Result<Option<Vdev>, String> {
+    let Ok(vdev) = Vdev::from_device_id(id) else {
+        return Ok(None);
+    };
+    if vdev.device_id() != id {
+        return Err(format!(
+            "id {id} decodes to {vdev:?}, whose id is {}",
+            vdev.device_id()
+        ));
+    }
+    let name = vdev.canonical_name();
+    match Vdev::parse(&name) {
+        Ok(back) if back == vdev => Ok(Some(vdev)),
+        other => Err(format!(
+            "id {id}: canonical name {name:?} parses to {other:?}, not {vdev:?}"
+        )),
+    }
+}
+
+#[test]
+fn every_16_bit_id_maps_back_to_itself() {
+    let mut accepted = 0;
+    for id in 0..=0xFFFF {
+        if maps_back_to_itself(id)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .is_some()
+        {
+            accepted += 1;
+        }
+    }
+    // xvd short (202:0-255), sd (8:0-255), and hd: 64 minors for each of
+    // hda, hdb (major 3) and hdc, hdd (major 22). Nothing else.
+    assert_eq!(accepted, 256 + 256 + 4 * 64);
+}
+
+#[test]
+fn hd_ids_on_the_wrong_major_are_refused_with_the_canonical_id() {
+    // 923 is major 3 minor 155: hdc27 by its minor, but hdc is on major 22.
+    let Err(VdevError::Invalid(message)) = Vdev::from_device_id(923) else {
+        panic!("923 accepted");
+    };
+    assert!(message.contains("hdc27"), "{message}");
+    assert!(message.contains("5659"), "{message}");
+    assert_eq!(Vdev::parse("hdc27").unwrap().device_id(), 5659);
+    // Every minor from 128 on major 3 would be hdc or hdd.
+    for minor in 128..=255 {
+        assert!(Vdev::from_device_id((3 << 8) | minor).is_err(), "3:{minor}");
+    }
+    // And major 22 holds only hdc and hdd.
+    for minor in 128..=255 {
+        assert!(
+            Vdev::from_device_id((22 << 8) | minor).is_err(),
+            "22:{minor}"
+        );
+    }
+}
+
+fn extended(disk: u32, partition: u32) -> u32 {
+    (1 << 28) | (disk << 8) | partition
+}
+
+/// Disks whose every partition is checked: the short/extended boundary, the
+/// letter-count boundaries (z/aa at 26, zz/aaa at 702, zzz/aaaa at 18278,
+/// zzzz/aaaaa at 475254) and the last disks.
+const FULLY_CHECKED_DISKS: &[std::ops::Range<u32>] = &[
+    0..800,
+    18_200..18_400,
+    475_200..475_300,
+    (1 << 20) - 256..1 << 20,
+];
+
+#[test]
+fn every_partition_of_boundary_disks_maps_back_to_itself() {
+    for disks in FULLY_CHECKED_DISKS {
+        for disk in disks.clone() {
+            for partition in 0..=255 {
+                let id = extended(disk, partition);
+                let decoded = maps_back_to_itself(id).unwrap_or_else(|e| panic!("{e}"));
+                // The short form owns disks 0-15 with partitions 0-15.
+                let short = disk <= 15 && partition <= 15;
+                assert_eq!(decoded.is_none(), short, "id {id}: {decoded:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn every_extended_disk_maps_back_to_itself() {
+    // Every disk number once, with a partition that cycles through all 256,
+    // so each disk and each partition is seen; the boundary test above
+    // covers every pair where the letters change length.
+    for disk in 16..1 << 20 {
+        let id = extended(disk, (disk * 7) % 256);
+        assert!(
+            maps_back_to_itself(id)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .is_some(),
+            "id {id} refused"
+        );
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
+
+    /// Any extended disk and partition: decoded to itself (or refused for
+    /// the pairs the short form owns).
+    #[test]
+    fn extended_ids_map_back_to_themselves(disk in 0u32..1 << 20, partition in 0u32..=255) {
+        let id = extended(disk, partition);
+        let decoded = maps_back_to_itself(id).map_err(proptest::test_runner::TestCaseError::fail)?;
+        proptest::prop_assert_eq!(decoded.is_none(), disk <= 15 && partition <= 15);
+    }
+
+    /// Any 32-bit number at all: refused, or decoded to itself.
+    #[test]
+    fn any_id_maps_back_to_itself_or_is_refused(id in proptest::prelude::any::<u32>()) {
+        maps_back_to_itself(id).map_err(proptest::test_runner::TestCaseError::fail)?;
     }
 }
