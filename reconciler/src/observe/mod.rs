@@ -10,6 +10,7 @@
 
 pub mod devices;
 mod dom0;
+mod loopdev;
 pub mod params;
 pub mod paths;
 pub mod snapshot;
@@ -172,11 +173,28 @@ pub struct BlockDevice {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoopBacking {
+    /// As sysfs shows it (`... (deleted)` once its name is gone).
     pub file: String,
+    /// What the kernel says is behind it (`LOOP_GET_STATUS64`), which
+    /// holds when the name does not: the block device, or the file's
+    /// identity. `None` where the loop node could not be asked (a
+    /// captured tree).
+    #[serde(default)]
+    pub behind: Option<LoopTarget>,
     /// Byte offset into the file.
     pub offset: u64,
     /// Byte limit, 0 for the rest of the file.
     pub sizelimit: u64,
+}
+
+/// What a loop device is over.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum LoopTarget {
+    Block { device: DevNum },
+    File { dev: DevNum, ino: u64 },
 }
 
 /// Where and how to observe.
@@ -207,11 +225,14 @@ pub fn observe(options: &ObserveOptions) -> Result<HostState, ObserveError> {
         ..
     } = read_xenstore()?;
     let (block_devices, dom0_uses) = observe_dom0(options)?;
-    let wanted = attachments.iter().map(|a| a.path().to_owned()).chain(
-        block_devices
-            .iter()
-            .filter_map(|d| d.loop_backing.as_ref().map(|b| b.file.clone())),
-    );
+    let wanted = attachments
+        .iter()
+        .map(|a| paths::normalise(a.path()))
+        .chain(
+            block_devices
+                .iter()
+                .filter_map(|d| d.loop_backing.as_ref().map(|b| b.file.clone())),
+        );
     let paths = resolve_paths(&options.host_root, wanted, &block_devices);
     Ok(HostState {
         domains,

@@ -5,11 +5,48 @@
 //! left, and everything after them is the path.
 
 /// Prefixes toolstacks write before a path: the xm/xl access kinds, the
-/// blktap drivers and the image formats qemu and tapdisk take.
+/// blktap drivers, and the drivers and image formats qemu and tapdisk take
+/// (qemu reads everything before the first `:` of a qdisk's `params` as
+/// its format).
 const PREFIXES: &[&str] = &[
-    "phy", "file", "tap", "tap2", "tapdisk", "tapdisk2", "aio", "sync", "raw", "qcow", "qcow2",
-    "vhd", "vmdk", "qed", "ram", "ioemu",
+    "phy",
+    "file",
+    "tap",
+    "tap2",
+    "tapdisk",
+    "tapdisk2",
+    "aio",
+    "sync",
+    "ioemu",
+    "ram",
+    "raw",
+    "qcow",
+    "qcow2",
+    "qed",
+    "vhd",
+    "vhdx",
+    "vpc",
+    "vmdk",
+    "vdi",
+    "vvfat",
+    "cloop",
+    "dmg",
+    "bochs",
+    "parallels",
+    "luks",
+    "host_device",
+    "host_cdrom",
+    "copy-on-read",
 ];
+
+/// Whether `path` (what is left once known prefixes are off) still looks
+/// like `prefix:/path`: a driver or format this list does not know. Such a
+/// holder cannot be resolved with certainty.
+pub fn has_unknown_prefix(path: &str) -> bool {
+    path.split_once(':').is_some_and(|(head, tail)| {
+        !head.is_empty() && !head.contains('/') && tail.starts_with('/')
+    })
+}
 
 /// The path a `params` value names, and the prefixes it was written with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +79,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_prefix_nobody_knows_is_noticed() {
+        assert!(has_unknown_prefix("newfmt:/dev/sdb1"));
+        assert!(!has_unknown_prefix("/srv/images/a:b.img"));
+        assert!(!has_unknown_prefix("/dev/sdb1"));
+        assert!(!has_unknown_prefix("relative:thing"));
+    }
+
+    #[test]
     fn only_known_prefixes_are_taken_off() {
         let cases = [
             ("/dev/sdb3", vec![], "/dev/sdb3"),
@@ -60,6 +105,8 @@ mod tests {
             ("aio:relative:x", vec!["aio"], "relative:x"),
             ("", vec![], ""),
             ("raw:", vec!["raw"], ""),
+            ("vpc:/dev/sdb1", vec!["vpc"], "/dev/sdb1"),
+            ("host_device:/dev/sdb1", vec!["host_device"], "/dev/sdb1"),
         ];
         for (params, prefixes, path) in cases {
             let parsed = parse(params);

@@ -17,6 +17,17 @@ use crate::extent::DevNum;
 /// Links followed before a path is taken as unresolvable (Linux's own limit).
 const MAX_LINKS: usize = 40;
 
+/// Lexically normalised (`//` and `/./` dropped; `..` kept, since only
+/// the host can say where it leads through a link), so that one path
+/// written two ways is looked up as one.
+pub fn normalise(path: &str) -> String {
+    let parts: Vec<&str> = path
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    format!("/{}", parts.join("/"))
+}
+
 /// What a path resolved to when it was observed.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]

@@ -29,6 +29,10 @@ pub(super) fn block_devices(root: &Path) -> Result<Vec<BlockDevice>, ObserveErro
         } else {
             (device, 0)
         };
+        let loop_backing = loop_backing(&dir).map(|backing| LoopBacking {
+            behind: super::loopdev::behind(root, &name, device),
+            ..backing
+        });
         devices.push(BlockDevice {
             name,
             device,
@@ -38,7 +42,7 @@ pub(super) fn block_devices(root: &Path) -> Result<Vec<BlockDevice>, ObserveErro
             dm_name: read_optional(&dir.join("dm/name")),
             holders: list(&dir.join("holders")),
             slaves: list(&dir.join("slaves")),
-            loop_backing: loop_backing(&dir),
+            loop_backing,
         });
     }
     devices.sort_by_key(|d| d.device);
@@ -49,6 +53,7 @@ fn loop_backing(dir: &Path) -> Option<LoopBacking> {
     let file = read_optional(&dir.join("loop/backing_file"))?;
     Some(LoopBacking {
         file,
+        behind: None,
         offset: read_optional(&dir.join("loop/offset"))
             .and_then(|t| t.parse().ok())
             .unwrap_or(0),

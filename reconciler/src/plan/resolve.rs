@@ -32,14 +32,7 @@ impl From<&UseTarget> for Area {
     }
 }
 
-/// Lexically normalised, so that one file written two ways is one file.
-pub fn normalise(path: &str) -> String {
-    let parts: Vec<&str> = path
-        .split('/')
-        .filter(|p| !p.is_empty() && *p != ".")
-        .collect();
-    format!("/{}", parts.join("/"))
-}
+pub use crate::observe::paths::normalise;
 
 pub(super) struct Resolver<'a> {
     host: &'a HostState,
