@@ -349,8 +349,8 @@ xvdc = { source = "phy:/dev/sdc", mode = "r" }
     let recorded = std::fs::read_to_string(&log).unwrap();
     assert_eq!(
         recorded,
-        "block-attach|guest1|format=raw, vdev=xvdb, access=rw, target=/srv/images/a, b.img|\n\
-         block-attach|guest1|format=raw, vdev=xvdc, access=r, target=/dev/sdc|\n"
+        "block-attach|4|format=raw, vdev=xvdb, access=rw, target=/srv/images/a, b.img|\n\
+         block-attach|4|format=raw, vdev=xvdc, access=r, target=/dev/sdc|\n"
     );
 }
 
