@@ -1,10 +1,13 @@
 //! Shared by the tests that run `xendisk` against the simulated xenstored:
 //! a host (a simulator seeded from a dump, the captured dom0 of
-//! `tests/golden/hosts/plan-host`, a state DB of its own), and a plain
-//! wire client to change the store behind xendisk's back.
+//! `tests/golden/hosts/plan-host`, a state DB of its own), a plain wire
+//! client to change the store behind xendisk's back, and a stand-in for
+//! `xl` ([`fake_xl`]).
 
 // Each test file uses part of this.
 #![allow(dead_code)]
+
+pub mod fake_xl;
 
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
