@@ -5,100 +5,14 @@
 //! lines.
 
 mod common;
+mod host;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
-use xendisk::sim::{Faults, GuestPolicy, Simulator, Store, dump};
-
-/// Fields drop in order: the simulator before the directory its socket is in.
-struct Host {
-    simulator: Simulator,
-    dir: tempfile::TempDir,
-    /// Where dom0's /proc and /sys are read.
-    root: PathBuf,
-}
-
-const DOMAINS: &str = r#"/local/domain/0/name = "Domain-0"
-/local/domain/4/name = "guest1"
-/local/domain/5/name = "guest2"
-/local/domain/6/name = "guest3"
-/local/domain/7/name = "guest4"
-"#;
-
-fn host_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden/hosts/plan-host")
-}
-
-impl Host {
-    fn new(guests: GuestPolicy, faults: Faults) -> Host {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Store = dump::parse(DOMAINS).unwrap();
-        let simulator =
-            Simulator::start(&dir.path().join("xenstored.socket"), store, guests, faults).unwrap();
-        Host {
-            simulator,
-            dir,
-            root: host_root(),
-        }
-    }
-
-    fn file(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.dir.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-
-    fn command(&self, args: &[&str], env: &[(&str, String)]) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_xendisk"));
-        command
-            .args(args)
-            .arg("--state")
-            .arg(self.dir.path().join("state.sqlite"))
-            .arg("--host-root")
-            .arg(&self.root)
-            .current_dir(self.dir.path())
-            .env("XENSTORED_PATH", self.simulator.socket())
-            .env("NO_COLOR", "1")
-            .env_remove("XENDISK_NOW");
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        command
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.command(args, &[]).output().unwrap()
-    }
-
-    fn apply(&self, file: &str, extra: &[&str]) -> Output {
-        let mut args = vec!["apply", file, "--yes", "--no-devices"];
-        args.extend_from_slice(extra);
-        self.run(&args)
-    }
-
-    /// The vdevs attached to a domain, as xenstore has them.
-    fn attached(&self, domid: u32) -> Vec<String> {
-        let store = self.simulator.store();
-        store
-            .directory(&format!("/local/domain/0/backend/vbd/{domid}"))
-            .map(|ids| ids.iter().map(|id| id.to_string()).collect())
-            .unwrap_or_default()
-    }
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-fn assert_exit(output: &Output, code: i32) {
-    assert_eq!(output.status.code(), Some(code), "{}", text(output));
-}
+use host::{Host, assert_exit, text};
+use xendisk::sim::{Faults, GuestPolicy};
 
 const POPULATE: &str = r#"
 [settings]
@@ -297,8 +211,9 @@ fn a_saved_plan_is_refused_once_the_host_has_changed() {
     let host = Host::new(GuestPolicy::default(), Faults::default());
     host.file("populate.toml", POPULATE);
     assert_exit(&host.run(&["plan", "populate.toml", "-o", "plan.json"]), 2);
-    let mut client = sim_client(&host);
-    client.write(0, "/local/domain/9/name", "newcomer").unwrap();
+    host.wire()
+        .write("/local/domain/9/name", "newcomer")
+        .unwrap();
     let stale = host.apply("plan.json", &[]);
     assert_exit(&stale, 3);
     assert!(
@@ -310,36 +225,6 @@ fn a_saved_plan_is_refused_once_the_host_has_changed() {
     assert_exit(&host.run(&["plan", "populate.toml", "-o", "plan.json"]), 2);
     assert_exit(&host.apply("plan.json", &[]), 0);
     assert_eq!(host.attached(0), ["51712"]);
-}
-
-/// A client of the simulator from this process, without touching the environment.
-fn sim_client(host: &Host) -> SimClient {
-    SimClient {
-        stream: std::os::unix::net::UnixStream::connect(host.simulator.socket()).unwrap(),
-    }
-}
-
-struct SimClient {
-    stream: std::os::unix::net::UnixStream,
-}
-
-impl SimClient {
-    fn write(&mut self, tx: u32, path: &str, value: &str) -> Result<(), String> {
-        use xendisk::xs_wire::{Message, MessageType, nul_terminated};
-        let mut payload = nul_terminated([path.as_bytes()]);
-        payload.extend_from_slice(value.as_bytes());
-        Message::new(MessageType::Write, 1, tx, payload)
-            .write_to(&mut self.stream)
-            .map_err(|e| e.to_string())?;
-        let reply = Message::read_from(&mut self.stream)
-            .map_err(|e| e.to_string())?
-            .ok_or("closed")?;
-        if reply.message_type() == Some(MessageType::Error) {
-            Err("error".into())
-        } else {
-            Ok(())
-        }
-    }
 }
 
 #[test]
@@ -464,8 +349,8 @@ xvdc = { source = "phy:/dev/sdc", mode = "r" }
     let recorded = std::fs::read_to_string(&log).unwrap();
     assert_eq!(
         recorded,
-        "block-attach|guest1|format=raw, vdev=xvdb, access=rw, target=/srv/images/a, b.img|\n\
-         block-attach|guest1|format=raw, vdev=xvdc, access=r, target=/dev/sdc|\n"
+        "block-attach|4|format=raw, vdev=xvdb, access=rw, target=/srv/images/a, b.img|\n\
+         block-attach|4|format=raw, vdev=xvdc, access=r, target=/dev/sdc|\n"
     );
 }
 

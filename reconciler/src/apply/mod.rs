@@ -373,12 +373,16 @@ fn toolstack_job(
             domid,
             vdev,
             devid,
+            backend,
+            closing,
             ..
         } => ToolstackJob::Detach(DetachRequest {
             domain: domain.clone(),
             domid: *domid,
             vdev: vdev.clone(),
             devid: *devid,
+            backend: backend.clone(),
+            closing: *closing,
         }),
         other => unreachable!("not an attach or a detach: {other:?}"),
     }
