@@ -545,7 +545,8 @@ fn backends_being_torn_down_hold_their_sectors_and_are_not_attached() {
             let plan = host.run(&["plan", &host.file("same.toml", &same)]);
             assert_exit(&plan, 2);
             assert!(
-                text(&plan).contains("detach xvdb") && text(&plan).contains("attach xvdb"),
+                text(&plan).contains("finish detaching xvdb")
+                    && text(&plan).contains("attach xvdb"),
                 "{key}={value}: {}",
                 text(&plan)
             );

@@ -400,7 +400,7 @@ fn execute_fails_a_detach_whose_attachment_is_not_where_the_plan_saw_it() {
     let error = execute_detaches(&[("qdisk", false)], Box::new(toolstack)).unwrap_err();
     assert_eq!(
         error.to_string(),
-        "step 1 (- domain guest1: detach xvda: phy:/dev/sdc (domid 4)) failed: cannot detach xvda \
+        "step 1 (- domain guest1: detach xvda: phy:/dev/sdc (domid 4, qdisk backend)) failed: cannot detach xvda \
          of domain guest1: the plan expected an attachment at \
          /local/domain/0/backend/qdisk/4/51712, but nothing is there; the host has changed since \
          it was observed, and nothing was detached: plan again; the steps after it were not run \
