@@ -4,9 +4,8 @@
 //!
 //! Every refused plan is checked three ways: `plan` and `apply` exit 3, the
 //! state DB and xenstore are unchanged, and markers written into the victim
-//! sectors beforehand are still there byte for byte. Attacks that break a
-//! guarantee assert what the guarantee promises and are `#[ignore]`d with
-//! the reason: run them with `cargo test --test attack_safety -- --ignored`.
+//! sectors beforehand are still there byte for byte. Each attack that
+//! broke a guarantee when it was written says how it did, above its test.
 
 mod common;
 
@@ -785,7 +784,6 @@ fn unlink_keeping_a_hard_link(image: &Path, link: &Path) {
 /// is not tied to the file any more, so `file:b.img` rw to a guest is
 /// accepted, and a later scrub zeroes what the guest sees.
 #[test]
-#[ignore = "breaks: a loop device is tied to its file by sysfs backing_file's path, which reads `PATH (deleted)` once that name is unlinked; a hard link then escapes (use LOOP_GET_STATUS64 lo_device/lo_inode)"]
 fn an_image_behind_a_pool_disk_reached_through_a_hard_link_is_refused() {
     if !loops_available("an_image_behind_a_pool_disk_reached_through_a_hard_link_is_refused") {
         return;
@@ -823,7 +821,6 @@ fn an_image_behind_a_pool_disk_reached_through_a_hard_link_is_refused() {
 /// hard link (`ln a.img b.img && rm a.img`); `file:b.img` rw to a guest is
 /// planned as safe.
 #[test]
-#[ignore = "breaks: a dom0 loop mount is tied to its image by backing_file's path; after `ln a b && rm a` the guest gets file:b rw while dom0 has it mounted rw"]
 fn a_loop_mounted_image_renamed_by_hard_link_cannot_go_to_a_guest() {
     if !loops_available("a_loop_mounted_image_renamed_by_hard_link_cannot_go_to_a_guest") {
         return;
@@ -860,7 +857,6 @@ fn a_loop_mounted_image_renamed_by_hard_link_cannot_go_to_a_guest() {
 /// that is not there (not "unresolved"), and the pool add and the scrub
 /// that zeroes the guest's data are applied.
 #[test]
-#[ignore = "breaks: params `aio:/dir/./link` or `aio:/dir//link` (link -> pool partition) is observed under its raw spelling but looked up normalised: no area, no unresolved warning; pool add + scrub zero the guest's disk"]
 fn a_guests_partition_behind_dot_or_double_slash_params_is_found() {
     if !loops_available("a_guests_partition_behind_dot_or_double_slash_params_is_found") {
         return;
@@ -888,7 +884,6 @@ fn a_guests_partition_behind_dot_or_double_slash_params_is_found() {
 /// fixed list, so such a holder is taken for a missing file, neither
 /// resolved nor reported unresolved.
 #[test]
-#[ignore = "breaks: qdisk params `vpc:/dev/X`, `host_device:/dev/X`, `vdi:/dev/X` (QEMU formats) are not stripped, become a missing file, and are neither resolved nor reported; pool add + scrub are applied under the guest"]
 fn qemu_format_prefixes_are_resolved_or_reported() {
     if !loops_available("qemu_format_prefixes_are_resolved_or_reported") {
         return;
@@ -921,7 +916,6 @@ fn qemu_format_prefixes_are_resolved_or_reported() {
 /// holding it rw is thought to touch only that vdisk; the scrub and create
 /// of the next vdisk, inside the guest's window, are applied.
 #[test]
-#[ignore = "breaks: a loop over the pool device at vdisk v's offset with sizelimit 0 counts as v's realisation; the guest holding it rw is narrowed to v's extents and the next vdisk's scrub zeroes sectors the guest can write"]
 fn an_unbounded_loop_at_a_vdisks_offset_is_not_narrowed_to_the_vdisk() {
     if !loops_available("an_unbounded_loop_at_a_vdisks_offset_is_not_narrowed_to_the_vdisk") {
         return;
@@ -949,7 +943,6 @@ fn an_unbounded_loop_at_a_vdisks_offset_is_not_narrowed_to_the_vdisk() {
 /// vdisk's device-mapper path make xendisk ignore `physical-device`, which
 /// here says the guest holds the whole pool partition.
 #[test]
-#[ignore = "breaks: for params /dev/mapper/xendisk-<vdisk> physical-device is ignored (the holder is narrowed to the vdisk's extents) although it names the whole pool partition; the next vdisk's scrub is applied under the guest"]
 fn physical_device_widens_a_vdisk_attachment() {
     if !loops_available("physical_device_widens_a_vdisk_attachment") {
         return;
@@ -987,7 +980,6 @@ fn physical_device_widens_a_vdisk_attachment() {
 /// holds rw. The plan reasons about the recorded device number, but the
 /// scrub opens the recorded path, and zeroes the guest's partition.
 #[test]
-#[ignore = "breaks: scrub writes through the pool device's recorded path, never checked against its recorded device number; a repointed link (or renamed device) sends the zeroes to a guest's partition"]
 fn a_scrub_never_writes_a_device_other_than_the_planned_one() {
     if !loops_available("a_scrub_never_writes_a_device_other_than_the_planned_one") {
         return;
@@ -1027,7 +1019,6 @@ fn a_scrub_never_writes_a_device_other_than_the_planned_one() {
 /// together, so the pool add and the scrub (which zeroes the mounted
 /// filesystem's superblock) are applied.
 #[test]
-#[ignore = "breaks: a partition of a loop disk is not tied to the image file behind the loop, so a second loop over that image (losetup -o, mounted rw in dom0) does not hold the partition; pool add + scrub zero the mounted ext4"]
 fn a_partition_mounted_through_another_loop_over_the_same_image_is_held() {
     if !loops_available("a_partition_mounted_through_another_loop_over_the_same_image_is_held") {
         return;
@@ -1063,7 +1054,6 @@ fn a_partition_mounted_through_another_loop_over_the_same_image_is_held() {
 /// backend/vbd, finds nothing, reports "done" at once, and the pool add and
 /// the scrub run while the qdisk backend is still there, rw.
 #[test]
-#[ignore = "breaks: the xenstore toolstack detaches only under backend/vbd: a qdisk/vbd3 detach is a no-op reported done, so the pool add and scrub ordered after it zero a partition the guest still holds rw"]
 fn a_qdisk_detach_really_detaches_before_the_scrub() {
     if !loops_available("a_qdisk_detach_really_detaches_before_the_scrub") {
         return;

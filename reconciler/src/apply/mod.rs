@@ -455,7 +455,7 @@ fn run_step(
                     .get(&device)
                     .cloned()
                     .unwrap_or_else(|| device.to_string());
-                scrub::zero(&path, &ranges, drivers.simulated)?;
+                scrub::zero(&path, device, &ranges, drivers.simulated)?;
                 for (start, sectors) in ranges {
                     db.mark_scrubbed(device, start / sectors, 1, clock())?;
                 }

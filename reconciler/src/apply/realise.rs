@@ -4,6 +4,7 @@
 //! offset and a size limit (which works where device-mapper is absent).
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
 use super::command::{CommandError, run};
@@ -29,6 +30,15 @@ pub enum RealiseError {
          else is wrong"
     )]
     Empty { vdisk: String },
+    #[error(
+        "pool device {path} is now {found}, not the device {expected} the state DB records; \
+         no loop device was made: point {path} back at {expected}, or take it out of its pool"
+    )]
+    WrongDevice {
+        path: String,
+        expected: DevNum,
+        found: String,
+    },
     #[error(transparent)]
     Command(#[from] CommandError),
 }
@@ -149,6 +159,21 @@ impl LoopDevice {
             .get(&run.device)
             .cloned()
             .unwrap_or_else(|| run.device.to_string());
+        // A link repointed since the plan must not map another device.
+        let found = std::fs::metadata(&file)
+            .ok()
+            .filter(|m| m.file_type().is_block_device())
+            .map(|m| DevNum::from_rdev(m.rdev()));
+        if found != Some(run.device) {
+            return Err(RealiseError::WrongDevice {
+                path: file,
+                expected: run.device,
+                found: found.map_or_else(
+                    || "not a block device".to_owned(),
+                    |d| format!("device {d}"),
+                ),
+            });
+        }
         Ok((file, run.start * 512, run.sectors * 512))
     }
 }

@@ -2,7 +2,7 @@
 //! names, and which sectors of which whole disks a device occupies. Used by
 //! observation and by the planner alike, so both see a device the same way.
 
-use super::{BlockDevice, UseTarget};
+use super::{BlockDevice, LoopTarget, UseTarget};
 
 /// The device `/dev/NAME` or `/dev/mapper/DM-NAME` names, if any.
 pub fn by_path<'a>(path: &str, devices: &'a [BlockDevice]) -> Option<&'a BlockDevice> {
@@ -34,10 +34,20 @@ fn expand(device: &BlockDevice, devices: &[BlockDevice], out: &mut Vec<UseTarget
         }
         return;
     }
-    if let Some(backing) = &device.loop_backing
-        && let Some(name) = backing.file.strip_prefix("/dev/")
-        && let Some(under_device) = devices.iter().find(|d| d.name == name)
-    {
+    // What the kernel says is behind a loop device wins over the name in
+    // sysfs, which may be stale or a node outside /dev.
+    let over_device = device
+        .loop_backing
+        .as_ref()
+        .and_then(|backing| match backing.behind {
+            Some(LoopTarget::Block { device }) => devices.iter().find(|d| d.device == device),
+            Some(LoopTarget::File { .. }) => None,
+            None => {
+                let name = backing.file.strip_prefix("/dev/")?;
+                devices.iter().find(|d| d.name == name)
+            }
+        });
+    if let (Some(backing), Some(under_device)) = (&device.loop_backing, over_device) {
         let offset = backing.offset / 512;
         let length = if backing.sizelimit == 0 {
             under_device.sectors.saturating_sub(offset)

@@ -105,6 +105,15 @@ impl Attachment {
     pub fn path(&self) -> &str {
         params::parse(&self.params).path
     }
+
+    /// The path after a prefix xendisk does not know (`newfmt:/dev/sdb1`
+    /// gives `/dev/sdb1`), which may be what the backend opened.
+    pub fn path_after_unknown_prefix(&self) -> Option<&str> {
+        let path = self.path();
+        params::has_unknown_prefix(path)
+            .then(|| path.split_once(':').map(|(_, tail)| tail))
+            .flatten()
+    }
 }
 
 /// Something dom0 uses, as sectors of a whole disk or as a file.
@@ -227,11 +236,12 @@ pub fn observe(options: &ObserveOptions) -> Result<HostState, ObserveError> {
     let (block_devices, dom0_uses) = observe_dom0(options)?;
     let wanted = attachments
         .iter()
-        .map(|a| paths::normalise(a.path()))
+        .flat_map(|a| std::iter::once(a.path()).chain(a.path_after_unknown_prefix()))
+        .map(paths::normalise)
         .chain(
             block_devices
                 .iter()
-                .filter_map(|d| d.loop_backing.as_ref().map(|b| b.file.clone())),
+                .filter_map(|d| d.loop_backing.as_ref().map(|b| paths::normalise(&b.file))),
         );
     let paths = resolve_paths(&options.host_root, wanted, &block_devices);
     Ok(HostState {

@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use super::resolve::normalise;
 use crate::desired::{Mode, Source};
 use crate::extent::DevNum;
-use crate::observe::{Attachment, HostState, params};
+use crate::observe::{Attachment, HostState, LoopTarget, params};
 use crate::state::{StateSnapshot, VdiskState};
 
 /// The device-mapper name of a vdisk's block device.
@@ -165,14 +165,14 @@ fn mapper_vdisk(params: &str) -> Option<&str> {
 /// Loop devices whose window on a pool device is exactly one live vdisk's
 /// single run of extents.
 fn loop_realisations<'a>(state: &'a StateSnapshot, host: &HostState) -> HashMap<String, &'a str> {
-    let paths: HashMap<_, &str> = state
+    let pool_devices: HashMap<String, DevNum> = state
         .pools
         .iter()
         .flat_map(|p| &p.devices)
-        .map(|d| (d.device, d.path.as_str()))
+        .map(|d| (normalise(&d.path), d.device))
         .collect();
-    // (pool device path, byte offset) to (vdisk, byte length).
-    let mut runs: HashMap<(String, u64), (&str, u64)> = HashMap::new();
+    // (pool device, byte offset) to (vdisk, byte length).
+    let mut runs: HashMap<(DevNum, u64), (&str, u64)> = HashMap::new();
     for vdisk in &state.vdisks {
         let extents = vdisk.extents.as_slice();
         let (Some(first), Some(last)) = (extents.first(), extents.last()) else {
@@ -181,9 +181,9 @@ fn loop_realisations<'a>(state: &'a StateSnapshot, host: &HostState) -> HashMap<
         let contiguous = extents
             .windows(2)
             .all(|w| w[0].device == w[1].device && w[0].end() == w[1].start);
-        if let (true, Some(path)) = (contiguous, paths.get(&first.device)) {
+        if contiguous {
             runs.insert(
-                (normalise(path), first.start * 512),
+                (first.device, first.start * 512),
                 (&vdisk.name, (last.end() - first.start) * 512),
             );
         }
@@ -193,8 +193,17 @@ fn loop_realisations<'a>(state: &'a StateSnapshot, host: &HostState) -> HashMap<
         let Some(backing) = &device.loop_backing else {
             continue;
         };
-        if let Some((vdisk, length)) = runs.get(&(normalise(&backing.file), backing.offset))
-            && (backing.sizelimit == 0 || backing.sizelimit == *length)
+        // The device it is over: as the kernel says, else by its name.
+        let over = match backing.behind {
+            Some(LoopTarget::Block { device }) => Some(device),
+            Some(LoopTarget::File { .. }) => None,
+            None => pool_devices.get(&normalise(&backing.file)).copied(),
+        };
+        // Exactly the run: a window that reaches past it is not the
+        // vdisk's own device, and whoever uses it may write past the vdisk.
+        if let Some(over) = over
+            && let Some((vdisk, length)) = runs.get(&(over, backing.offset))
+            && backing.sizelimit == *length
         {
             loops.insert(format!("/dev/{}", device.name), *vdisk);
         }

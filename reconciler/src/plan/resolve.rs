@@ -6,7 +6,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::extent::{DevNum, SectorRange};
-use crate::observe::{BlockDevice, HostState, PathTarget, ResolvedPath, UseTarget, devices};
+use crate::observe::{
+    BlockDevice, HostState, LoopTarget, PathTarget, ResolvedPath, UseTarget, devices,
+};
 use crate::state::StateSnapshot;
 
 pub use crate::safety::Area;
@@ -26,6 +28,8 @@ impl From<&UseTarget> for Area {
             UseTarget::File { dev, ino, path } => Area::Inode {
                 dev: DevNum::from_rdev(*dev),
                 ino: *ino,
+                start: 0,
+                sectors: u64::MAX,
                 path: path.clone(),
             },
         }
@@ -40,9 +44,19 @@ pub(super) struct Resolver<'a> {
     sources: &'a [ResolvedPath],
     /// Pool device number to where it lies: (whole disk, first sector).
     places: BTreeMap<DevNum, (DevNum, u64)>,
-    /// Loop devices by the identity of the regular file behind them.
-    loops_over: HashMap<(DevNum, u64), Vec<&'a BlockDevice>>,
     by_number: HashMap<DevNum, &'a BlockDevice>,
+    /// Loop devices over a regular file: the file's identity and path, and
+    /// the loop's first sector in it.
+    loops_over_files: HashMap<DevNum, LoopWindow<'a>>,
+}
+
+/// Where a loop device's sectors lie in the regular file behind it.
+#[derive(Debug, Clone, Copy)]
+struct LoopWindow<'a> {
+    dev: DevNum,
+    ino: u64,
+    path: &'a str,
+    first: u64,
 }
 
 impl<'a> Resolver<'a> {
@@ -62,20 +76,37 @@ impl<'a> Resolver<'a> {
                 ),
             );
         }
-        let mut loops_over: HashMap<(DevNum, u64), Vec<&BlockDevice>> = HashMap::new();
+        let mut loops_over_files = HashMap::new();
         for device in &host.block_devices {
-            if let Some(backing) = &device.loop_backing
-                && let Some(PathTarget::File { dev, ino }) = host.path(&backing.file)
-            {
-                loops_over.entry((*dev, *ino)).or_default().push(device);
+            let Some(backing) = &device.loop_backing else {
+                continue;
+            };
+            // The kernel's answer holds after a rename or an unlink; the
+            // name in sysfs is the fallback (a captured tree).
+            let file = match backing.behind {
+                Some(LoopTarget::File { dev, ino }) => Some((dev, ino)),
+                Some(LoopTarget::Block { .. }) => None,
+                None => match host.path(&normalise(&backing.file)) {
+                    Some(PathTarget::File { dev, ino }) => Some((*dev, *ino)),
+                    _ => None,
+                },
+            };
+            if let Some((dev, ino)) = file {
+                let window = LoopWindow {
+                    dev,
+                    ino,
+                    path: &backing.file,
+                    first: backing.offset / 512,
+                };
+                loops_over_files.insert(device.device, window);
             }
         }
         Resolver {
             host,
             sources,
             places,
-            loops_over,
             by_number: host.block_devices.iter().map(|d| (d.device, d)).collect(),
+            loops_over_files,
         }
     }
 
@@ -122,7 +153,32 @@ impl<'a> Resolver<'a> {
                 _ => merged.push(range),
             }
         }
-        merged.into_iter().map(Area::Sectors).collect()
+        self.widen(merged.into_iter().map(Area::Sectors).collect())
+    }
+
+    /// Adds, for sectors of a loop device over a regular file, the same
+    /// sectors of that file: whatever else reaches the file (another loop
+    /// device, a guest given the file) meets them there.
+    pub(super) fn widen(&self, mut areas: Vec<Area>) -> Vec<Area> {
+        if self.loops_over_files.is_empty() {
+            return areas;
+        }
+        let mut extra = Vec::new();
+        for area in &areas {
+            if let Area::Sectors(range) = area
+                && let Some(window) = self.loops_over_files.get(&range.device)
+            {
+                extra.push(Area::Inode {
+                    dev: window.dev,
+                    ino: window.ino,
+                    start: window.first.saturating_add(range.start),
+                    sectors: range.sectors,
+                    path: window.path.to_owned(),
+                });
+            }
+        }
+        areas.extend(extra);
+        areas
     }
 
     /// What `path` resolved to: observed with the host, or with the
@@ -160,33 +216,24 @@ impl<'a> Resolver<'a> {
         }
     }
 
+    /// All of a regular file. Loop devices over it, and what is built on
+    /// them, reach it through [`Resolver::widen`].
     fn file(&self, dev: DevNum, ino: u64, path: &str) -> Vec<Area> {
-        let mut areas = vec![Area::Inode {
+        vec![Area::Inode {
             dev,
             ino,
+            start: 0,
+            sectors: u64::MAX,
             path: path.to_owned(),
-        }];
-        for device in self.loops_over.get(&(dev, ino)).into_iter().flatten() {
-            areas.extend(
-                devices::sectors_of(device, &self.host.block_devices)
-                    .iter()
-                    .map(Area::from),
-            );
-        }
-        areas
+        }]
     }
 
     fn block_device(&self, device: &BlockDevice) -> Vec<Area> {
-        let mut areas: Vec<Area> = devices::sectors_of(device, &self.host.block_devices)
+        let areas: Vec<Area> = devices::sectors_of(device, &self.host.block_devices)
             .iter()
             .map(Area::from)
             .collect();
-        // A loop device over a file is that file too.
-        if let Some(backing) = &device.loop_backing
-            && let Some(PathTarget::File { dev, ino }) = self.host.path(&backing.file)
-        {
-            areas.extend(self.file(*dev, *ino, &backing.file));
-        }
+        let mut areas = self.widen(areas);
         areas.sort();
         areas.dedup();
         areas

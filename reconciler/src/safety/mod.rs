@@ -33,10 +33,13 @@ pub use sweep::{Clash, clashes};
 #[serde(rename_all = "kebab-case")]
 pub enum Area {
     Sectors(SectorRange),
-    /// A regular file, by identity; the path is for people.
+    /// Sectors `start..start + sectors` of a regular file, by identity
+    /// (the whole file: `0..u64::MAX`); the path is for people.
     Inode {
         dev: DevNum,
         ino: u64,
+        start: u64,
+        sectors: u64,
         path: String,
     },
     /// A file known only by its path: it is not on the host (yet).

@@ -41,9 +41,19 @@ pub fn clashes(holders: &[Holder], level: Sharing) -> Vec<Clash> {
                     intervals.push((Key::Disk(range.device), range.start, range.end(), index))
                 }
                 Area::Sectors(_) => {}
-                Area::Inode { dev, ino, .. } => {
-                    intervals.push((Key::Inode(*dev, *ino), 0, u64::MAX, index))
-                }
+                Area::Inode {
+                    dev,
+                    ino,
+                    start,
+                    sectors,
+                    ..
+                } if *sectors > 0 => intervals.push((
+                    Key::Inode(*dev, *ino),
+                    *start,
+                    start.saturating_add(*sectors),
+                    index,
+                )),
+                Area::Inode { .. } => {}
                 Area::Path(path) => intervals.push((Key::Path(path), 0, u64::MAX, index)),
                 Area::Unknown(_) => unknown.push(index),
             }
@@ -83,7 +93,13 @@ pub fn clashes(holders: &[Holder], level: Sharing) -> Vec<Clash> {
                         file_path(&holders[index], dev, ino),
                     );
                     let names = if a == b { a } else { format!("{a} = {b}") };
-                    format!("file {names} (inode {ino} on {dev})")
+                    let (from, to) = (other_start.max(start), other_stop.min(stop));
+                    let window = if from == 0 && to == u64::MAX {
+                        String::new()
+                    } else {
+                        format!(" sectors {from}..{to}")
+                    };
+                    format!("file {names}{window} (inode {ino} on {dev})")
                 }
                 Key::Path(path) => format!("file {path}"),
             };
@@ -141,6 +157,7 @@ fn file_path(holder: &Holder, dev: DevNum, ino: u64) -> String {
                 dev: d,
                 ino: i,
                 path,
+                ..
             } if *d == dev && *i == ino => Some(path.clone()),
             _ => None,
         })

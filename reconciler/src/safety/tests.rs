@@ -199,6 +199,8 @@ fn files_meet_by_identity_and_unresolved_holders_refuse_writes() {
         areas: vec![Area::Inode {
             dev: DevNum::new(8, 1),
             ino: 42,
+            start: 0,
+            sectors: u64::MAX,
             path: path.into(),
         }],
         ..holder(name, true, 0, 0)

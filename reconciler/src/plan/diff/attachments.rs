@@ -270,13 +270,23 @@ impl Builder<'_> {
         let (mut areas, on) = match &source {
             Source::Vdisk(name) => {
                 let extents = self.extents_of(name);
-                (
-                    self.resolver.extents(&extents),
-                    self.vdisk_layers(name, &extents),
-                )
+                let mut areas = self.resolver.extents(&extents);
+                // A physical-device that is not the vdisk's own block
+                // device says the backend opened something else.
+                if let Some(device) = attachment.physical_device
+                    && self.index.realisation_of(device) != Some(name.as_str())
+                {
+                    // (A number no device has now names nothing that can be written.)
+                    areas.extend(self.resolver.device_number(device).unwrap_or_default());
+                }
+                (areas, self.vdisk_layers(name, &extents))
             }
             Source::Phy(path) | Source::File(path) => {
                 let mut areas = self.resolver.path(path).unwrap_or_default();
+                let unknown_prefix = attachment.path_after_unknown_prefix();
+                if let Some(tail) = unknown_prefix {
+                    areas.extend(self.resolver.path(&normalise(tail)).unwrap_or_default());
+                }
                 let physical = attachment
                     .physical_device
                     .and_then(|d| self.resolver.device_number(d));
@@ -284,8 +294,11 @@ impl Builder<'_> {
                 if areas.is_empty() {
                     // Nothing on the host is at that path now. A file may
                     // have been renamed or deleted (it is then no disk
-                    // xendisk writes); a device may be anything.
-                    let file = matches!(source, Source::File(_)) && attachment.kind != "phy";
+                    // xendisk writes); a device, or a path behind a
+                    // driver xendisk does not know, may be anything.
+                    let file = matches!(source, Source::File(_))
+                        && attachment.kind != "phy"
+                        && unknown_prefix.is_none();
                     areas.push(if file {
                         Area::Path(path.clone())
                     } else {

@@ -32,7 +32,10 @@ impl Builder<'_> {
                         self.vdisk_layers(vdisk, &extents),
                     )
                 }
-                None => (vec![Area::from(&used.target)], Vec::new()),
+                None => (
+                    self.resolver.widen(vec![Area::from(&used.target)]),
+                    Vec::new(),
+                ),
             };
             let is = match (used.kind, used.via) {
                 (UseKind::Holder, Some(device)) if vdisk.is_none() => Some(Layer::Device(device)),
