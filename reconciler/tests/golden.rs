@@ -282,6 +282,10 @@ fn every_host_fixture_is_adopted_without_changes() {
             "an attached vdisk has expired: no file can declare it as it is",
         ),
         (
+            "plan-two-backends-at-one-device-id",
+            "two backends at one device id: a file declares one disk per vdev",
+        ),
+        (
             "plan-backend-being-detached",
             "a backend half torn down is not attached: declared, it is attached again; left out, its detach is finished",
         ),

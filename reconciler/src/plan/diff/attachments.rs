@@ -29,22 +29,23 @@ impl Builder<'_> {
             .keys()
             .filter_map(|name| domid_of.get(name.as_str()).map(|id| (*id, name.as_str())))
             .collect();
-        // Every attachment now is a holder until the plan detaches it.
-        let mut holder_of: BTreeMap<(u32, u32), usize> = BTreeMap::new();
+        // Every attachment now is a holder until the plan detaches it; the
+        // holder of host attachment `i` is `first_holder + i`.
+        let first_holder = self.diff.holders.len();
         for attachment in &host.attachments {
             let holder = self.actual_holder(attachment);
             self.diff.holders.push(holder);
-            holder_of.insert(
-                (attachment.domid, attachment.devid),
-                self.diff.holders.len() - 1,
-            );
         }
-        let mut by_domain: BTreeMap<u32, BTreeMap<u32, &Attachment>> = BTreeMap::new();
-        for attachment in &host.attachments {
+        // By domain and device id; two backend kinds at one device id (a
+        // broken host) are both there, and neither is kept.
+        let mut by_domain: BTreeMap<u32, BTreeMap<u32, Vec<usize>>> = BTreeMap::new();
+        for (index, attachment) in host.attachments.iter().enumerate() {
             by_domain
                 .entry(attachment.domid)
                 .or_default()
-                .insert(attachment.devid, attachment);
+                .entry(attachment.devid)
+                .or_default()
+                .push(index);
         }
         for (name, domain) in &self.input.desired.domains {
             let Some(&domid) = domid_of.get(name.as_str()) else {
@@ -54,7 +55,7 @@ impl Builder<'_> {
                 });
                 continue;
             };
-            let actual: BTreeMap<u32, &Attachment> = by_domain.remove(&domid).unwrap_or_default();
+            let actual: BTreeMap<u32, Vec<usize>> = by_domain.remove(&domid).unwrap_or_default();
             let mut wanted = BTreeSet::new();
             for (vdev_text, disk) in &domain.disks {
                 // Validation has checked every vdev already.
@@ -63,21 +64,24 @@ impl Builder<'_> {
                 };
                 let devid = vdev.device_id();
                 wanted.insert(devid);
-                let current = actual.get(&devid).copied();
+                let current: &[usize] = actual.get(&devid).map_or(&[], Vec::as_slice);
                 // One being torn down is not attached: finish, then attach again.
-                if let Some(attachment) = current
+                if let [index] = current
+                    && let attachment = &host.attachments[*index]
                     && !attachment.is_closing()
                     && sources_agree(&self.actual_source(attachment), &disk.source)
                     && actual::modes_agree(&attachment.mode, disk.mode)
                 {
                     // Kept: its acceptance of sharing is the file's to say
                     // (xl records `w!` as plain `w`).
-                    let holder = holder_of[&(domid, devid)];
-                    self.diff.holders[holder].accepts_sharing = disk.mode == Mode::WriteShared;
+                    self.diff.holders[first_holder + index].accepts_sharing =
+                        disk.mode == Mode::WriteShared;
                     continue;
                 }
-                let detach = current
-                    .map(|attachment| self.detach(name, attachment, holder_of[&(domid, devid)]));
+                let detaches: Vec<usize> = current
+                    .iter()
+                    .map(|&index| self.detach(name, index, first_holder + index))
+                    .collect();
                 let attach = self.push(Op::Attach {
                     domain: name.clone(),
                     domid,
@@ -86,7 +90,9 @@ impl Builder<'_> {
                     source: disk.source.clone(),
                     mode: disk.mode,
                 });
-                self.diff.edges.extend(detach.map(|d| (d, attach)));
+                self.diff
+                    .edges
+                    .extend(detaches.iter().map(|&d| (d, attach)));
                 let areas = self.desired_areas(name, &vdev, &disk.source)?;
                 let on = match &disk.source {
                     Source::Vdisk(vdisk) => {
@@ -109,9 +115,11 @@ impl Builder<'_> {
                     removed_by: None,
                 });
             }
-            for (devid, attachment) in &actual {
+            for (devid, indices) in &actual {
                 if !wanted.contains(devid) {
-                    self.detach(name, attachment, holder_of[&(domid, *devid)]);
+                    for &index in indices {
+                        self.detach(name, index, first_holder + index);
+                    }
                 }
             }
         }
@@ -119,7 +127,9 @@ impl Builder<'_> {
         Ok(())
     }
 
-    fn detach(&mut self, domain: &str, attachment: &Attachment, holder: usize) -> usize {
+    /// Detaches host attachment `index`, whose holder is `holder`.
+    fn detach(&mut self, domain: &str, index: usize, holder: usize) -> usize {
+        let attachment = &self.input.host.attachments[index];
         let op = self.push(Op::Detach {
             domain: domain.to_owned(),
             domid: attachment.domid,
@@ -133,22 +143,18 @@ impl Builder<'_> {
             closing: attachment.is_closing(),
         });
         self.diff.holders[holder].removed_by = Some(op);
-        self.detaches
-            .insert((attachment.domid, attachment.devid), op);
+        self.detaches.insert(index, op);
         op
     }
 
     /// Vdisks that are deleted, or expired, while a domain still has them.
     fn check_attached_vdisks(&mut self, managed: &BTreeMap<u32, &str>) {
         let host = self.input.host;
-        for attachment in &host.attachments {
+        for (index, attachment) in host.attachments.iter().enumerate() {
             let Source::Vdisk(vdisk) = self.actual_source(attachment) else {
                 continue;
             };
-            let detach = self
-                .detaches
-                .get(&(attachment.domid, attachment.devid))
-                .copied();
+            let detach = self.detaches.get(&index).copied();
             let detached = detach.is_some();
             if let Some(&delete) = self.deletes.get(&vdisk) {
                 if let Some(detach) = detach {

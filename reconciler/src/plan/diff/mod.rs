@@ -62,8 +62,8 @@ struct Allocation {
 struct Builder<'a> {
     input: &'a PlanInput<'a>,
     index: ActualIndex<'a>,
-    /// Detach operations by `(domid, devid)`.
-    detaches: HashMap<(u32, u32), usize>,
+    /// Detach operations by the index of their attachment in the host state.
+    detaches: HashMap<usize, usize>,
     options: PlanOptions,
     resolver: Resolver<'a>,
     diff: Diff,
