@@ -394,6 +394,7 @@ fn a_new_vdisk_reads_zeros_where_a_deleted_one_wrote() {
         common::skipped("the scrub test", "it needs root and /dev/loop-control");
         return;
     }
+    let _devices = common::real_devices();
     for policy in ["on-release", "on-allocate"] {
         let mut host = Host::new(GuestPolicy::default(), Faults::default());
         host.root = PathBuf::from("/");
@@ -460,6 +461,7 @@ fn the_walkthrough_on_real_partitions_with_loop_realisation() {
         common::skipped("the loop walkthrough", &reason);
         return;
     }
+    let _devices = common::real_devices();
     let mut host = Host::new(GuestPolicy::default(), Faults::default());
     host.root = PathBuf::from("/");
     let disk = common::PartitionedLoop::new(

@@ -178,13 +178,16 @@ fn assert_exit(output: &Output, code: i32) {
     assert_eq!(output.status.code(), Some(code), "{}", text(output));
 }
 
-fn loops_available(test: &str) -> bool {
+/// The host's block devices to this test alone, if it can use loop
+/// devices: every test observes the whole host (`--host-root /`), so one
+/// test's loop devices and mounts must not show up in another's plan.
+fn loops_available(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
     match common::cannot_use_loop_devices() {
         Some(reason) => {
             common::skipped(test, &reason);
-            false
+            None
         }
-        None => true,
+        None => Some(common::real_devices()),
     }
 }
 
@@ -315,9 +318,10 @@ fn disks(domain: &str, lines: &[&str]) -> String {
 /// node itself, or a link to it), at every sharing level and with `w!`.
 #[test]
 fn a_pool_partition_given_to_a_guest_as_a_file_is_refused() {
-    if !loops_available("a_pool_partition_given_to_a_guest_as_a_file_is_refused") {
+    let Some(_devices) = loops_available("a_pool_partition_given_to_a_guest_as_a_file_is_refused")
+    else {
         return;
-    }
+    };
     let host = Host::new("");
     let disk = disk(&host);
     let p1 = disk.partition(1);
@@ -360,9 +364,9 @@ fn a_pool_partition_given_to_a_guest_as_a_file_is_refused() {
 /// way round), or a loop device over a pool partition, then a vdisk there.
 #[test]
 fn a_disk_and_its_partition_never_sit_in_two_pools() {
-    if !loops_available("a_disk_and_its_partition_never_sit_in_two_pools") {
+    let Some(_devices) = loops_available("a_disk_and_its_partition_never_sit_in_two_pools") else {
         return;
-    }
+    };
     let host = Host::new("");
     let disk = disk(&host);
     let (p1, p2) = (disk.partition(1), disk.partition(2));
@@ -423,9 +427,11 @@ fn a_disk_and_its_partition_never_sit_in_two_pools() {
 /// vdisk, whose scrub would zero it) is refused.
 #[test]
 fn a_guests_partition_is_found_whatever_the_params_spelling() {
-    if !loops_available("a_guests_partition_is_found_whatever_the_params_spelling") {
+    let Some(_devices) =
+        loops_available("a_guests_partition_is_found_whatever_the_params_spelling")
+    else {
         return;
-    }
+    };
     let scratch = Host::new("");
     let disk = disk(&scratch);
     let p1 = disk.partition(1);
@@ -474,9 +480,9 @@ fn a_guests_partition_is_found_whatever_the_params_spelling() {
 /// even ro (dom0 writes it), whatever the spelling of its path.
 #[test]
 fn a_loop_mounted_image_cannot_go_to_a_guest() {
-    if !loops_available("a_loop_mounted_image_cannot_go_to_a_guest") {
+    let Some(_devices) = loops_available("a_loop_mounted_image_cannot_go_to_a_guest") else {
         return;
-    }
+    };
     let host = Host::new("");
     let image = host.path("img.ext4");
     std::fs::File::create(&image)
@@ -518,9 +524,11 @@ fn a_loop_mounted_image_cannot_go_to_a_guest() {
 /// still holds its partition (a pool add is refused).
 #[test]
 fn backends_being_torn_down_hold_their_sectors_and_are_not_attached() {
-    if !loops_available("backends_being_torn_down_hold_their_sectors_and_are_not_attached") {
+    let Some(_devices) =
+        loops_available("backends_being_torn_down_hold_their_sectors_and_are_not_attached")
+    else {
         return;
-    }
+    };
     let scratch = Host::new("");
     let disk = disk(&scratch);
     let p2 = disk.partition(2);
@@ -565,9 +573,11 @@ fn backends_being_torn_down_hold_their_sectors_and_are_not_attached() {
 /// so (`depends_on`, `waits_for_sharing`) and the journal shows it.
 #[test]
 fn a_detach_then_pool_add_of_the_same_partition_is_ordered_in_parallel() {
-    if !loops_available("a_detach_then_pool_add_of_the_same_partition_is_ordered_in_parallel") {
+    let Some(_devices) =
+        loops_available("a_detach_then_pool_add_of_the_same_partition_is_ordered_in_parallel")
+    else {
         return;
-    }
+    };
     let scratch = Host::new("");
     let disk = disk(&scratch);
     let (p1, p2) = (disk.partition(1), disk.partition(2));
@@ -703,6 +713,7 @@ fn a_detach_then_pool_add_of_the_same_partition_is_ordered_in_parallel() {
 /// and `..` converge.
 #[test]
 fn odd_file_paths_round_trip() {
+    let _devices = common::real_devices();
     let host = Host::new("");
     let dir = host.path("im g");
     std::fs::create_dir(&dir).unwrap();
@@ -742,9 +753,9 @@ fn odd_file_paths_round_trip() {
 /// no `physical-device` yet) makes a pool add a refusal, and is reported.
 #[test]
 fn an_unresolvable_device_holder_refuses_writes() {
-    if !loops_available("an_unresolvable_device_holder_refuses_writes") {
+    let Some(_devices) = loops_available("an_unresolvable_device_holder_refuses_writes") else {
         return;
-    }
+    };
     let scratch = Host::new("");
     let disk = disk(&scratch);
     let p1 = disk.partition(1);
@@ -785,9 +796,11 @@ fn unlink_keeping_a_hard_link(image: &Path, link: &Path) {
 /// accepted, and a later scrub zeroes what the guest sees.
 #[test]
 fn an_image_behind_a_pool_disk_reached_through_a_hard_link_is_refused() {
-    if !loops_available("an_image_behind_a_pool_disk_reached_through_a_hard_link_is_refused") {
+    let Some(_devices) =
+        loops_available("an_image_behind_a_pool_disk_reached_through_a_hard_link_is_refused")
+    else {
         return;
-    }
+    };
     let host = Host::new("");
     let disk = disk(&host);
     let p1 = disk.partition(1);
@@ -822,9 +835,11 @@ fn an_image_behind_a_pool_disk_reached_through_a_hard_link_is_refused() {
 /// planned as safe.
 #[test]
 fn a_loop_mounted_image_renamed_by_hard_link_cannot_go_to_a_guest() {
-    if !loops_available("a_loop_mounted_image_renamed_by_hard_link_cannot_go_to_a_guest") {
+    let Some(_devices) =
+        loops_available("a_loop_mounted_image_renamed_by_hard_link_cannot_go_to_a_guest")
+    else {
         return;
-    }
+    };
     let host = Host::new("");
     let image = host.path("a.img");
     std::fs::File::create(&image)
@@ -858,9 +873,11 @@ fn a_loop_mounted_image_renamed_by_hard_link_cannot_go_to_a_guest() {
 /// that zeroes the guest's data are applied.
 #[test]
 fn a_guests_partition_behind_dot_or_double_slash_params_is_found() {
-    if !loops_available("a_guests_partition_behind_dot_or_double_slash_params_is_found") {
+    let Some(_devices) =
+        loops_available("a_guests_partition_behind_dot_or_double_slash_params_is_found")
+    else {
         return;
-    }
+    };
     let scratch = Host::new("");
     let disk = disk(&scratch);
     let p1 = disk.partition(1);
@@ -885,9 +902,9 @@ fn a_guests_partition_behind_dot_or_double_slash_params_is_found() {
 /// resolved nor reported unresolved.
 #[test]
 fn qemu_format_prefixes_are_resolved_or_reported() {
-    if !loops_available("qemu_format_prefixes_are_resolved_or_reported") {
+    let Some(_devices) = loops_available("qemu_format_prefixes_are_resolved_or_reported") else {
         return;
-    }
+    };
     let scratch = Host::new("");
     let disk = disk(&scratch);
     let p1 = disk.partition(1);
@@ -917,9 +934,11 @@ fn qemu_format_prefixes_are_resolved_or_reported() {
 /// of the next vdisk, inside the guest's window, are applied.
 #[test]
 fn an_unbounded_loop_at_a_vdisks_offset_is_not_narrowed_to_the_vdisk() {
-    if !loops_available("an_unbounded_loop_at_a_vdisks_offset_is_not_narrowed_to_the_vdisk") {
+    let Some(_devices) =
+        loops_available("an_unbounded_loop_at_a_vdisks_offset_is_not_narrowed_to_the_vdisk")
+    else {
         return;
-    }
+    };
     let scratch = Host::new("");
     let disk = disk(&scratch);
     let p2 = disk.partition(2);
@@ -944,9 +963,9 @@ fn an_unbounded_loop_at_a_vdisks_offset_is_not_narrowed_to_the_vdisk() {
 /// here says the guest holds the whole pool partition.
 #[test]
 fn physical_device_widens_a_vdisk_attachment() {
-    if !loops_available("physical_device_widens_a_vdisk_attachment") {
+    let Some(_devices) = loops_available("physical_device_widens_a_vdisk_attachment") else {
         return;
-    }
+    };
     let scratch = Host::new("");
     let disk = disk(&scratch);
     let p2 = disk.partition(2);
@@ -981,9 +1000,11 @@ fn physical_device_widens_a_vdisk_attachment() {
 /// scrub opens the recorded path, and zeroes the guest's partition.
 #[test]
 fn a_scrub_never_writes_a_device_other_than_the_planned_one() {
-    if !loops_available("a_scrub_never_writes_a_device_other_than_the_planned_one") {
+    let Some(_devices) =
+        loops_available("a_scrub_never_writes_a_device_other_than_the_planned_one")
+    else {
         return;
-    }
+    };
     let scratch = Host::new("");
     let disk = disk(&scratch);
     let (p1, p2) = (disk.partition(1), disk.partition(2));
@@ -1020,9 +1041,11 @@ fn a_scrub_never_writes_a_device_other_than_the_planned_one() {
 /// filesystem's superblock) are applied.
 #[test]
 fn a_partition_mounted_through_another_loop_over_the_same_image_is_held() {
-    if !loops_available("a_partition_mounted_through_another_loop_over_the_same_image_is_held") {
+    let Some(_devices) =
+        loops_available("a_partition_mounted_through_another_loop_over_the_same_image_is_held")
+    else {
         return;
-    }
+    };
     let host = Host::new("");
     let disk = disk(&host);
     let p1 = disk.partition(1);
@@ -1055,9 +1078,9 @@ fn a_partition_mounted_through_another_loop_over_the_same_image_is_held() {
 /// the scrub run while the qdisk backend is still there, rw.
 #[test]
 fn a_qdisk_detach_really_detaches_before_the_scrub() {
-    if !loops_available("a_qdisk_detach_really_detaches_before_the_scrub") {
+    let Some(_devices) = loops_available("a_qdisk_detach_really_detaches_before_the_scrub") else {
         return;
-    }
+    };
     let scratch = Host::new("");
     let disk = disk(&scratch);
     let p1 = disk.partition(1);

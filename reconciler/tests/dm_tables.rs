@@ -80,6 +80,7 @@ fn device_mapper_loads_the_table_where_the_kernel_has_it() {
         common::skipped("the dmsetup test", &reason);
         return;
     }
+    let _devices = common::real_devices();
     let dir = tempfile::tempdir().unwrap();
     let disk = common::PartitionedLoop::new(
         &dir.path().join("disk.img"),

@@ -18,6 +18,7 @@ fn a_mounted_partition_is_reported_as_its_sectors_on_the_loop_disk() {
         common::skipped("the loop-device test", &reason);
         return;
     }
+    let _devices = common::real_devices();
     let dir = tempfile::tempdir().unwrap();
     let mut disk = PartitionedLoop::new(
         &dir.path().join("disk.img"),

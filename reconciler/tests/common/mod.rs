@@ -13,6 +13,18 @@ pub fn skipped(test: &str, reason: &str) {
     let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {reason}");
 }
 
+/// Serialises the tests of one test binary that use the host's real block
+/// devices: each observes the whole host, where another test's loop
+/// devices and mounts would be holders it did not expect.
+pub fn real_devices() -> std::sync::MutexGuard<'static, ()> {
+    static DEVICES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // A test that panicked while holding it left nothing half done that
+    // the next one cares about: its guards have cleaned up.
+    DEVICES
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Why this machine cannot run real block device tests, if it cannot.
 pub fn cannot_use_loop_devices() -> Option<String> {
     if !Path::new("/dev/loop-control").exists() {
