@@ -81,5 +81,25 @@ pub fn from_str(name: &str, text: &str, capacities: &Capacities) -> Result<Desir
     }
 }
 
+/// Checks a desired state that did not come from a file (a saved plan
+/// carries one): the same rules as [`load`], each problem as
+/// `where: what` (`vdisks.data.size: ...`).
+pub fn check(desired: &Desired, capacities: &Capacities) -> Vec<String> {
+    validate::validate(desired, capacities, &parse::Undecoded::default())
+        .into_iter()
+        .map(|finding| {
+            let place: Vec<String> = finding
+                .path
+                .iter()
+                .map(|step| match step {
+                    parse::Step::Key(key) => key.clone(),
+                    parse::Step::Index(index) => index.to_string(),
+                })
+                .collect();
+            format!("{}: {}", place.join("."), finding.message)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests;

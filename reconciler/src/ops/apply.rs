@@ -6,12 +6,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::plan::{ActualSource, actual, desired_sources, load_desired};
+use super::plan::{ActualSource, actual, load_desired, plan_for};
 use super::{Console, Exit};
 use crate::apply::{self, Drivers, lock, realise, toolstack};
 use crate::desired::{Realise, Toolstack};
 use crate::render;
-use crate::render::plan::SavedPlan;
 use crate::state::StateDb;
 
 #[derive(Debug, Clone)]
@@ -61,46 +60,74 @@ pub fn apply(options: &ApplyOptions, console: &mut Console<'_>) -> anyhow::Resul
     }
     let (state, host) = actual(&options.actual)?;
     let fingerprint = crate::plan::fingerprint(&state, &host);
-    // The desired state, when the input is a desired-state file: a fresh
-    // plan against it after the apply must find nothing left to do.
-    let mut desired = None;
+    // The desired state (the file's, or the one a saved plan carries): a
+    // fresh plan against it after the apply must find nothing left to do.
+    let desired;
     let plan = if text.trim_start().starts_with('{') {
-        let saved: SavedPlan = serde_json::from_str(&text).with_context(|| {
-            format!(
-                "{} is neither a desired-state file nor a saved plan",
-                options.file.display()
-            )
-        })?;
-        if saved.fingerprint != fingerprint {
+        let saved = match render::plan::read_saved(&text) {
+            Ok(saved) => saved,
+            Err(why) => {
+                writeln!(
+                    console.err,
+                    "error: {} is not a saved plan this xendisk can apply: {why}; nothing was \
+                     applied: make it again with `xendisk plan -o`",
+                    options.file.display()
+                )?;
+                return Ok(Exit::Error);
+            }
+        };
+        let made_from = &saved.made_from;
+        if made_from.fingerprint != fingerprint {
             writeln!(
                 console.err,
                 "error: {} was made for a host that has changed since (fingerprint {} there, {} now); \
                  nothing was applied: plan again",
                 options.file.display(),
-                saved.fingerprint,
+                made_from.fingerprint,
                 fingerprint
             )?;
             return Ok(Exit::Refused);
         }
-        saved.plan
+        let problems = crate::desired::check(&made_from.desired, &super::capacities(&state));
+        if !problems.is_empty() {
+            writeln!(
+                console.err,
+                "error: the desired state in {} is not valid: {}; nothing was applied",
+                options.file.display(),
+                problems.join("; ")
+            )?;
+            return Ok(Exit::Error);
+        }
+        // Trust nothing the file says it will do: make the plan again from
+        // what it was made from, and apply it only if it is the same.
+        let fresh = plan_for(
+            &made_from.desired,
+            (&state, &host),
+            &options.actual,
+            made_from.allow_destroy,
+        )?;
+        if let Some(difference) = render::plan::difference(&saved, &fresh) {
+            writeln!(
+                console.err,
+                "error: {} is not the plan its desired state gives on this host: {difference}; \
+                 nothing was applied: plan again",
+                options.file.display()
+            )?;
+            return Ok(Exit::Refused);
+        }
+        desired = saved.made_from.desired;
+        fresh
     } else {
         let Some(loaded) = load_desired(&options.file, &state, console)? else {
             return Ok(Exit::Error);
         };
-        let sources = desired_sources(&loaded, &options.actual, &host);
-        let input = crate::plan::PlanInput {
-            desired: &loaded,
-            state: &state,
-            host: &host,
-            sources: &sources,
-        };
-        let plan = crate::plan::plan(
-            &input,
-            crate::plan::PlanOptions {
-                allow_destroy: options.allow_destroy,
-            },
+        let plan = plan_for(
+            &loaded,
+            (&state, &host),
+            &options.actual,
+            options.allow_destroy,
         )?;
-        desired = Some(loaded);
+        desired = loaded;
         plan
     };
     let style = render::plan::TextStyle {
@@ -151,23 +178,13 @@ pub fn apply(options: &ApplyOptions, console: &mut Console<'_>) -> anyhow::Resul
                 .map(|(kind, (count, seconds))| format!("{kind} {count} ({seconds:.2}s)"))
                 .collect();
             writeln!(console.out, "By kind: {}.", phases.join(", "))?;
-            let Some(desired) = desired else {
-                return Ok(Exit::Success);
-            };
             // Observe again: what was applied must now be what is.
             let (state, host) = actual(&options.actual)?;
-            let sources = desired_sources(&desired, &options.actual, &host);
-            let input = crate::plan::PlanInput {
-                desired: &desired,
-                state: &state,
-                host: &host,
-                sources: &sources,
-            };
-            let again = crate::plan::plan(
-                &input,
-                crate::plan::PlanOptions {
-                    allow_destroy: options.allow_destroy,
-                },
+            let again = plan_for(
+                &desired,
+                (&state, &host),
+                &options.actual,
+                options.allow_destroy,
             )?;
             if again.is_empty() {
                 writeln!(console.out, "A fresh plan finds no changes.")?;

@@ -9,6 +9,7 @@ use super::{Console, Exit};
 use crate::desired::{self, Desired, LoadError};
 use crate::observe::{self, HostState};
 use crate::render;
+use crate::render::plan::Provenance;
 use crate::state::{StateDb, StateSnapshot};
 
 /// Where the actual state comes from.
@@ -88,25 +89,43 @@ fn make_plan(
     actual_source: &ActualSource,
     allow_destroy: bool,
     console: &mut Console<'_>,
-) -> anyhow::Result<Result<(crate::plan::Plan, String), Exit>> {
+) -> anyhow::Result<Result<(crate::plan::Plan, Provenance), Exit>> {
     let (state, host) = actual(actual_source)?;
     let Some(desired) = load_desired(file, &state, console)? else {
         return Ok(Err(Exit::Error));
     };
-    let sources = desired_sources(&desired, actual_source, &host);
+    let plan = plan_for(&desired, (&state, &host), actual_source, allow_destroy)?;
+    let made_from = Provenance {
+        fingerprint: crate::plan::fingerprint(&state, &host),
+        desired,
+        allow_destroy,
+    };
+    Ok(Ok((plan, made_from)))
+}
+
+/// The plan for a desired state against the actual one.
+pub(super) fn plan_for(
+    desired: &Desired,
+    (state, host): (&StateSnapshot, &HostState),
+    actual_source: &ActualSource,
+    allow_destroy: bool,
+) -> anyhow::Result<crate::plan::Plan> {
+    let sources = desired_sources(desired, actual_source, host);
     let input = crate::plan::PlanInput {
-        desired: &desired,
-        state: &state,
-        host: &host,
+        desired,
+        state,
+        host,
         sources: &sources,
     };
-    let plan = crate::plan::plan(&input, crate::plan::PlanOptions { allow_destroy })?;
-    Ok(Ok((plan, crate::plan::fingerprint(&state, &host))))
+    Ok(crate::plan::plan(
+        &input,
+        crate::plan::PlanOptions { allow_destroy },
+    )?)
 }
 
 /// Plans and prints; exit 0 for no changes, 2 for changes, 3 when refused.
 pub fn plan(options: &PlanOptions, console: &mut Console<'_>) -> anyhow::Result<Exit> {
-    let (plan, fingerprint) = match make_plan(
+    let (plan, made_from) = match make_plan(
         &options.file,
         &options.actual,
         options.allow_destroy,
@@ -116,7 +135,7 @@ pub fn plan(options: &PlanOptions, console: &mut Console<'_>) -> anyhow::Result<
         Err(exit) => return Ok(exit),
     };
     if options.json {
-        render::plan::json(&plan, &fingerprint, console.out)?;
+        render::plan::json(&plan, &made_from, console.out)?;
     } else {
         let style = render::plan::TextStyle {
             colour: options.colour,
@@ -126,7 +145,7 @@ pub fn plan(options: &PlanOptions, console: &mut Console<'_>) -> anyhow::Result<
     }
     if let Some(path) = &options.output {
         let mut text = Vec::new();
-        render::plan::json(&plan, &fingerprint, &mut text)?;
+        render::plan::json(&plan, &made_from, &mut text)?;
         write_whole(path, &text)?;
     }
     Ok(if plan.is_refused() {

@@ -8,7 +8,7 @@ use anstyle::{AnsiColor, Style};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::FORMAT_VERSION;
+use crate::desired::Desired;
 use crate::plan::{Op, Plan, Resource, Step};
 use crate::safety::{Conflict, ConflictKind};
 
@@ -262,14 +262,30 @@ fn extents(op: &Op, out: &mut dyn Write) -> io::Result<()> {
     Ok(())
 }
 
+/// Version of the saved-plan document: 2 carries the desired state.
+pub const PLAN_FORMAT_VERSION: u32 = 2;
+
+/// What a plan was made from, which a saved plan carries so that apply can
+/// make it again and refuse it unless it comes out the same.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Provenance {
+    /// Digest of the actual state (state DB and host) the plan was made from.
+    pub fingerprint: String,
+    /// The desired state it was planned for.
+    pub desired: Desired,
+    /// Whether it was made with `--allow-destroy`.
+    pub allow_destroy: bool,
+}
+
 /// A saved plan: what `plan --json` prints and `plan -o` writes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[schemars(title = "xendisk plan")]
 pub struct SavedPlan {
     /// Version of this format.
     pub format_version: u32,
-    /// Digest of the actual state (state DB and host) the plan was made from.
-    pub fingerprint: String,
+    #[serde(flatten)]
+    pub made_from: Provenance,
     pub summary: Summary,
     /// Whether apply must refuse it.
     pub refused: bool,
@@ -278,16 +294,79 @@ pub struct SavedPlan {
 }
 
 /// The plan as a saved-plan document.
-pub fn json(plan: &Plan, fingerprint: &str, out: &mut dyn Write) -> io::Result<()> {
+pub fn json(plan: &Plan, made_from: &Provenance, out: &mut dyn Write) -> io::Result<()> {
     let document = SavedPlan {
-        format_version: FORMAT_VERSION,
-        fingerprint: fingerprint.to_owned(),
+        format_version: PLAN_FORMAT_VERSION,
+        made_from: made_from.clone(),
         summary: summary(plan),
         refused: plan.is_refused(),
         plan: plan.clone(),
     };
     serde_json::to_writer_pretty(&mut *out, &document)?;
     writeln!(out)
+}
+
+/// A saved plan, read whole; why not, in one line.
+pub fn read_saved(text: &str) -> Result<SavedPlan, String> {
+    #[derive(serde::Deserialize)]
+    struct Version {
+        format_version: u32,
+    }
+    let version: Version = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    if version.format_version != PLAN_FORMAT_VERSION {
+        return Err(format!(
+            "it has format version {}, and this xendisk applies version {}",
+            version.format_version, PLAN_FORMAT_VERSION
+        ));
+    }
+    serde_json::from_str(text).map_err(|e| e.to_string())
+}
+
+/// How a saved plan differs from the plan made again, if it does.
+pub fn difference(saved: &SavedPlan, fresh: &Plan) -> Option<String> {
+    if saved.plan == *fresh
+        && saved.refused == fresh.is_refused()
+        && saved.summary == summary(fresh)
+    {
+        return None;
+    }
+    let line = |step: Option<&Step>| {
+        step.map_or_else(
+            || "nothing".to_owned(),
+            |s| format!("[{}] {} (after {:?})", s.id, step_line(s), s.depends_on),
+        )
+    };
+    let count = saved.plan.steps.len().max(fresh.steps.len());
+    for index in 0..count {
+        let (old, new) = (saved.plan.steps.get(index), fresh.steps.get(index));
+        if old != new {
+            return Some(format!(
+                "step {} is {} in the file but {} now",
+                index + 1,
+                line(old),
+                line(new)
+            ));
+        }
+    }
+    if saved.plan.settings != fresh.settings {
+        return Some("its settings differ from its desired state's".to_owned());
+    }
+    if saved.refused != fresh.is_refused() || saved.plan.refusals != fresh.refusals {
+        return Some(format!(
+            "the file says {}, and the plan now is {}",
+            if saved.refused {
+                "refused"
+            } else {
+                "not refused"
+            },
+            if fresh.is_refused() {
+                "refused"
+            } else {
+                "not refused"
+            }
+        ));
+    }
+    Some("its safety report, pending domains or summary differ from the plan's now".to_owned())
 }
 
 /// The operations and their order as a Graphviz graph: one node a step,
