@@ -211,7 +211,9 @@ fn describe(op: &Op) -> String {
             extents,
             ..
         } => {
-            let why = if *released {
+            let why = if *released && vdisk.is_empty() {
+                "released by a run that stopped before scrubbing them".to_owned()
+            } else if *released {
                 format!("released by {vdisk}")
             } else {
                 format!("before they go to {vdisk}")

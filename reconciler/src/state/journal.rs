@@ -198,3 +198,51 @@ impl StateDb {
         Ok(runs)
     }
 }
+
+impl StateDb {
+    /// Extents of on-release scrubs that a run planned and never finished,
+    /// which are still free and dirty in `pools`.
+    pub(super) fn unscrubbed_releases(
+        &self,
+        pools: &[super::PoolState],
+    ) -> Result<Vec<crate::extent::SectorRange>, StateError> {
+        let error = self.sqlite_error("reading unfinished scrubs");
+        let mut statement = self
+            .connection
+            .prepare(
+                "SELECT op FROM journal WHERE status != 'done' \
+                 AND op LIKE '%\"op\":\"scrub\"%' AND op LIKE '%\"released\":true%'",
+            )
+            .map_err(&error)?;
+        let ops: Vec<String> = statement
+            .query_map([], |row| row.get(0))
+            .map_err(&error)?
+            .collect::<Result<_, _>>()
+            .map_err(&error)?;
+        let mut extents = std::collections::BTreeSet::new();
+        for op in ops {
+            // The journal keeps each step as the plan wrote it; only its
+            // extents matter here.
+            let these = serde_json::from_str::<serde_json::Value>(&op)
+                .ok()
+                .and_then(|op| {
+                    serde_json::from_value::<Vec<crate::extent::SectorRange>>(op["extents"].clone())
+                        .ok()
+                });
+            extents.extend(these.into_iter().flatten());
+        }
+        // Still free and dirty: a later run may have scrubbed or reused them.
+        let free_and_dirty = |extent: &crate::extent::SectorRange| {
+            pools.iter().any(|pool| {
+                let extent_sectors = pool.extent_size.sectors().max(1);
+                let index = extent.start / extent_sectors;
+                pool.devices
+                    .iter()
+                    .filter(|device| device.device == extent.device)
+                    .flat_map(|device| &device.dirty_runs)
+                    .any(|run| index >= run.first && index < run.first + run.len)
+            })
+        };
+        Ok(extents.into_iter().filter(free_and_dirty).collect())
+    }
+}

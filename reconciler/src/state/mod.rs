@@ -78,6 +78,11 @@ pub struct StateSnapshot {
     /// Vdisks that expired and whose extents, free space now, still hold
     /// their data until the next write reclaims them.
     pub expired: Vec<VdiskState>,
+    /// Extents a run released for an on-release scrub that never finished
+    /// (the run was killed or failed first), still free and dirty: the
+    /// next plan scrubs them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unscrubbed_releases: Vec<SectorRange>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -41,10 +41,12 @@ impl StateDb {
         pools.sort_by(|a, b| a.name.cmp(&b.name));
         let vdisks = self.vdisks(now, LIVE)?;
         let expired = self.vdisks(now, UNRECLAIMED)?;
+        let unscrubbed_releases = self.unscrubbed_releases(&pools)?;
         Ok(StateSnapshot {
             pools,
             vdisks,
             expired,
+            unscrubbed_releases,
         })
     }
 

@@ -116,9 +116,13 @@ impl Builder<'_> {
                     extents,
                     ..
                 } => {
-                    let why = if *released { "released by" } else { "for" };
+                    let why = match (*released, vdisk.is_empty()) {
+                        (true, true) => "released by an unfinished run".to_owned(),
+                        (true, false) => format!("released by {vdisk}"),
+                        (false, _) => format!("for {vdisk}"),
+                    };
                     let mut holder = self.xendisk_holder(extents, None, Some(op));
-                    holder.name = format!("scrub of {} extents {why} {vdisk}", extents.len());
+                    holder.name = format!("scrub of {} extents {why}", extents.len());
                     holder.removed_by = Some(op);
                     holder
                 }

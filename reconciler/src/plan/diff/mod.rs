@@ -105,6 +105,7 @@ pub(super) fn diff(input: &PlanInput<'_>, options: PlanOptions) -> Result<Diff, 
     builder.dom0_holders();
     builder.pool_devices()?;
     builder.vdisks()?;
+    builder.unfinished_release_scrubs();
     builder.attachments()?;
     builder.realisation();
     builder.xendisk_holders();
@@ -480,6 +481,50 @@ impl Builder<'_> {
                     existing.size, existing.pool
                 ),
             );
+        }
+    }
+
+    /// Extents an on-release scrub never got to (its run was killed or
+    /// failed after the release) and that no allocation of this plan
+    /// scrubs first: scrubbed now, as the pool promises.
+    fn unfinished_release_scrubs(&mut self) {
+        let mut by_pool: BTreeMap<String, Vec<SectorRange>> = BTreeMap::new();
+        for extent in &self.input.state.unscrubbed_releases {
+            for (pool, space) in &self.spaces {
+                let Some((&id, _)) = space.devices.iter().find(|(_, d)| **d == extent.device)
+                else {
+                    continue;
+                };
+                let index = extent.start / space.extent_sectors.max(1);
+                let still_free = space
+                    .free
+                    .iter()
+                    .any(|r| r.device == id && index >= r.first && index < r.first + r.len);
+                let on_release = self
+                    .input
+                    .desired
+                    .pools
+                    .get(pool)
+                    .is_some_and(|p| p.scrub == Scrub::OnRelease);
+                if still_free && on_release {
+                    by_pool.entry(pool.clone()).or_default().push(*extent);
+                }
+            }
+        }
+        for (pool, extents) in by_pool {
+            let removals: BTreeSet<usize> = extents
+                .iter()
+                .filter_map(|e| self.removal_of_device(e.device))
+                .collect();
+            let scrub = self.push(Op::Scrub {
+                pool,
+                vdisk: String::new(),
+                released: true,
+                extents,
+            });
+            self.diff
+                .edges
+                .extend(removals.into_iter().map(|removal| (scrub, removal)));
         }
     }
 
