@@ -38,6 +38,7 @@ pub mod desired;
 pub mod diagnostic;
 pub mod extent;
 pub mod generate;
+pub mod loop_ioctl;
 pub mod observe;
 pub mod ops;
 pub mod plan;

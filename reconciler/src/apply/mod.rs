@@ -435,7 +435,9 @@ fn run_step(
         } => db.create_vdisk_on(name, pool, *size, expiry, extents, clock())?,
         Op::GrowVdisk {
             name, to, extents, ..
-        } => db.grow_vdisk_on(name, *to, extents, clock())?,
+        } => {
+            db.grow_vdisk_on(name, *to, extents, clock())?;
+        }
         Op::SetExpiry { name, to, .. } => db.set_expiry(name, to, clock())?,
         Op::DeleteVdisk { name, .. } => match db.delete_vdisk(name, clock()) {
             Err(StateError::UnknownVdisk(_)) => {} // deleted by an earlier, interrupted run
@@ -465,6 +467,10 @@ fn run_step(
             let request = realise_request(db, vdisk, clock)?;
             let device = drivers.realiser.realise(&request)?;
             devices.insert(vdisk.clone(), device);
+        }
+        Op::Resize { vdisk } => {
+            let request = realise_request(db, vdisk, clock)?;
+            drivers.realiser.resize(&request)?;
         }
         Op::Unrealise { vdisk } => {
             let request = realise_request(db, vdisk, clock)?;

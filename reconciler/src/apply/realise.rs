@@ -39,6 +39,12 @@ pub enum RealiseError {
         expected: DevNum,
         found: String,
     },
+    #[error("cannot give {device} (vdisk `{vdisk}`) its new size: {source}")]
+    Resize {
+        vdisk: String,
+        device: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Command(#[from] CommandError),
 }
@@ -48,6 +54,10 @@ pub trait Realiser {
     fn realise(&mut self, request: &RealiseRequest) -> Result<String, RealiseError>;
     /// Removes the vdisk's device, if there is one.
     fn unrealise(&mut self, request: &RealiseRequest) -> Result<(), RealiseError>;
+    /// Makes the vdisk's device, if there is one, as long as its extents
+    /// (after a grow), in place: whoever has it open (blkback, a guest)
+    /// keeps it and sees the new size.
+    fn resize(&mut self, request: &RealiseRequest) -> Result<(), RealiseError>;
 }
 
 /// The device-mapper name, and the path dom0 sees it at.
@@ -118,14 +128,37 @@ impl Realiser for DeviceMapper {
         .map(|_| ())
         .map_err(RealiseError::from)
     }
+
+    fn resize(&mut self, request: &RealiseRequest) -> Result<(), RealiseError> {
+        if !Path::new(&mapper_path(&request.vdisk)).exists() {
+            return Ok(());
+        }
+        // The longer table is loaded while I/O waits, then made live.
+        let name = format!("xendisk-{}", request.vdisk);
+        run("dmsetup", &["suspend".into(), name.clone()], None)?;
+        let loaded = run(
+            "dmsetup",
+            &["load".into(), name.clone()],
+            Some(&dm_table(&request.extents)),
+        );
+        // Resumed whatever happened: a device left suspended hangs its guest.
+        let resumed = run("dmsetup", &["resume".into(), name], None);
+        loaded?;
+        resumed?;
+        Ok(())
+    }
 }
 
 /// Loop devices over the pool device, for a vdisk of one run.
 pub struct LoopDevice;
 
 impl LoopDevice {
-    /// The loop device already mapping exactly this window, if any.
-    fn existing(file: &str, offset: u64, sizelimit: u64) -> Option<String> {
+    /// The loop device already mapping exactly this window, if any (any
+    /// length when `sizelimit` is `None`).
+    fn existing(file: &str, offset: u64, sizelimit: Option<u64>) -> Option<String> {
+        // sysfs names the backing file by its real path, links resolved.
+        let real = std::fs::canonicalize(file).ok();
+        let file = real.as_deref().and_then(Path::to_str).unwrap_or(file);
         let entries = std::fs::read_dir("/sys/class/block").ok()?;
         entries.filter_map(Result::ok).find_map(|entry| {
             let loop_dir = entry.path().join("loop");
@@ -136,7 +169,8 @@ impl LoopDevice {
             };
             let matches = read("backing_file").as_deref() == Some(file)
                 && read("offset").and_then(|t| t.parse::<u64>().ok()) == Some(offset)
-                && read("sizelimit").and_then(|t| t.parse::<u64>().ok()) == Some(sizelimit);
+                && (sizelimit.is_none()
+                    || read("sizelimit").and_then(|t| t.parse::<u64>().ok()) == sizelimit);
             matches.then(|| format!("/dev/{}", entry.file_name().to_string_lossy()))
         })
     }
@@ -181,7 +215,7 @@ impl LoopDevice {
 impl Realiser for LoopDevice {
     fn realise(&mut self, request: &RealiseRequest) -> Result<String, RealiseError> {
         let (file, offset, sizelimit) = LoopDevice::window(request)?;
-        if let Some(device) = LoopDevice::existing(&file, offset, sizelimit) {
+        if let Some(device) = LoopDevice::existing(&file, offset, Some(sizelimit)) {
             return Ok(device);
         }
         let args = [
@@ -198,11 +232,38 @@ impl Realiser for LoopDevice {
 
     fn unrealise(&mut self, request: &RealiseRequest) -> Result<(), RealiseError> {
         let (file, offset, sizelimit) = LoopDevice::window(request)?;
-        match LoopDevice::existing(&file, offset, sizelimit) {
+        match LoopDevice::existing(&file, offset, Some(sizelimit)) {
             Some(device) => Ok(run("losetup", &["--detach".into(), device], None).map(|_| ())?),
             None => Ok(()),
         }
     }
+
+    fn resize(&mut self, request: &RealiseRequest) -> Result<(), RealiseError> {
+        let (file, offset, sizelimit) = LoopDevice::window(request)?;
+        // Only the vdisk's own device: at its start, no longer than it.
+        let Some(device) = LoopDevice::existing(&file, offset, None).filter(|device| {
+            loop_size_limit(device).is_some_and(|limit| limit > 0 && limit <= sizelimit)
+        }) else {
+            return Ok(());
+        };
+        let error = |source| RealiseError::Resize {
+            vdisk: request.vdisk.clone(),
+            device: device.clone(),
+            source,
+        };
+        let opened = std::fs::File::open(&device).map_err(error)?;
+        crate::loop_ioctl::set_size_limit(&opened, sizelimit).map_err(error)
+    }
+}
+
+/// A loop device's size limit in bytes, from sysfs.
+fn loop_size_limit(device: &str) -> Option<u64> {
+    let name = device.strip_prefix("/dev/")?;
+    std::fs::read_to_string(format!("/sys/class/block/{name}/loop/sizelimit"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// `settings.realise = "auto"`: a loop device for a vdisk of one run,
@@ -223,6 +284,16 @@ impl Realiser for Auto {
             _ => DeviceMapper.unrealise(request),
         }
     }
+
+    fn resize(&mut self, request: &RealiseRequest) -> Result<(), RealiseError> {
+        // Whichever it was made as: the plan refuses a grow that a loop
+        // device could not follow.
+        if Path::new(&mapper_path(&request.vdisk)).exists() {
+            DeviceMapper.resize(request)
+        } else {
+            LoopDevice.resize(request)
+        }
+    }
 }
 
 /// For simulated hosts: no device is made; a vdisk is attached by its
@@ -235,6 +306,10 @@ impl Realiser for PathOnly {
     }
 
     fn unrealise(&mut self, _request: &RealiseRequest) -> Result<(), RealiseError> {
+        Ok(())
+    }
+
+    fn resize(&mut self, _request: &RealiseRequest) -> Result<(), RealiseError> {
         Ok(())
     }
 }

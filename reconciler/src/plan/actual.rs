@@ -50,6 +50,8 @@ pub struct ActualIndex<'a> {
     /// Block devices that are a vdisk's own (its device-mapper device or
     /// its loop device), by number.
     realisations: HashMap<DevNum, &'a str>,
+    /// The length, in sectors, of each vdisk's block device seen in sysfs.
+    realised_sectors: HashMap<&'a str, u64>,
 }
 
 impl<'a> ActualIndex<'a> {
@@ -77,6 +79,7 @@ impl<'a> ActualIndex<'a> {
             .collect();
         let loops = loop_realisations(state, host);
         let mut realisations = HashMap::new();
+        let mut realised_sectors = HashMap::new();
         for device in &host.block_devices {
             let by_dm = device
                 .dm_name
@@ -86,10 +89,12 @@ impl<'a> ActualIndex<'a> {
             let by_loop = loops.get(&format!("/dev/{}", device.name)).copied();
             if let Some(vdisk) = by_dm.or(by_loop) {
                 realisations.insert(device.device, vdisk);
+                realised_sectors.insert(vdisk, device.sectors);
             }
         }
         ActualIndex {
             realisations,
+            realised_sectors,
             vdisks,
             expired: state.expired.iter().map(|v| (v.name.as_str(), v)).collect(),
             domain_names: host
@@ -100,6 +105,16 @@ impl<'a> ActualIndex<'a> {
             mapped,
             loops,
         }
+    }
+
+    /// How long a vdisk's block device is now, in sectors, if sysfs shows it.
+    pub fn realised_sectors(&self, vdisk: &str) -> Option<u64> {
+        self.realised_sectors.get(vdisk).copied()
+    }
+
+    /// Whether a vdisk's block device is a loop device.
+    pub fn realised_as_loop(&self, vdisk: &str) -> bool {
+        self.loops.values().any(|v| *v == vdisk)
     }
 
     /// The vdisk whose own block device `device` is, if it is one.
@@ -199,11 +214,14 @@ fn loop_realisations<'a>(state: &'a StateSnapshot, host: &HostState) -> HashMap<
             Some(LoopTarget::File { .. }) => None,
             None => pool_devices.get(&normalise(&backing.file)).copied(),
         };
-        // Exactly the run: a window that reaches past it is not the
-        // vdisk's own device, and whoever uses it may write past the vdisk.
+        // Within the run: a window that reaches past it (or has no limit)
+        // is not the vdisk's own device, and whoever uses it may write past
+        // the vdisk. A shorter one is the vdisk's device before a grow
+        // finished; the plan gives it its new size.
         if let Some(over) = over
             && let Some((vdisk, length)) = runs.get(&(over, backing.offset))
-            && backing.sizelimit == *length
+            && backing.sizelimit > 0
+            && backing.sizelimit <= *length
         {
             loops.insert(format!("/dev/{}", device.name), *vdisk);
         }

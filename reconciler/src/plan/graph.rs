@@ -23,6 +23,7 @@ fn phase(op: &Op) -> u8 {
         Op::CreateVdisk { .. } => 5,
         Op::GrowVdisk { .. } => 6,
         Op::SetExpiry { .. } => 7,
+        Op::Resize { .. } => 8,
         Op::Realise { .. } => 8,
         Op::Attach { .. } => 9,
     }
@@ -39,7 +40,8 @@ fn tie_break(op: &Op) -> String {
         | Op::SetExpiry { name, .. }
         | Op::DeleteVdisk { name, .. }
         | Op::Realise { vdisk: name }
-        | Op::Unrealise { vdisk: name } => name.clone(),
+        | Op::Unrealise { vdisk: name }
+        | Op::Resize { vdisk: name } => name.clone(),
         Op::Attach { domain, devid, .. } | Op::Detach { domain, devid, .. } => {
             format!("{domain}\0{devid:010}")
         }

@@ -101,6 +101,10 @@ pub enum Op {
     Realise { vdisk: String },
     /// Remove a vdisk's block device.
     Unrealise { vdisk: String },
+    /// Give a vdisk's block device its new length in place (after a grow,
+    /// or when a grow's apply stopped before it): device-mapper loads the
+    /// longer table, a loop device gets the new size limit.
+    Resize { vdisk: String },
     /// Hand a source to a domain at a vdev.
     Attach {
         domain: String,
@@ -133,7 +137,9 @@ impl Op {
             | Op::CreateVdisk { .. }
             | Op::Realise { .. }
             | Op::Attach { .. } => '+',
-            Op::GrowVdisk { .. } | Op::SetExpiry { .. } | Op::Scrub { .. } => '~',
+            Op::GrowVdisk { .. } | Op::SetExpiry { .. } | Op::Scrub { .. } | Op::Resize { .. } => {
+                '~'
+            }
             Op::RemovePoolDevice { .. }
             | Op::DeleteVdisk { .. }
             | Op::Unrealise { .. }
@@ -151,7 +157,9 @@ impl Op {
             | Op::GrowVdisk { name, .. }
             | Op::SetExpiry { name, .. }
             | Op::DeleteVdisk { name, .. } => Resource::Vdisk(name.clone()),
-            Op::Realise { vdisk } | Op::Unrealise { vdisk } => Resource::Vdisk(vdisk.clone()),
+            Op::Realise { vdisk } | Op::Unrealise { vdisk } | Op::Resize { vdisk } => {
+                Resource::Vdisk(vdisk.clone())
+            }
             Op::Attach { domain, .. } | Op::Detach { domain, .. } => {
                 Resource::Domain(domain.clone())
             }

@@ -222,6 +222,7 @@ fn describe(op: &Op) -> String {
         }
         Op::Realise { .. } => "realise as a block device".to_owned(),
         Op::Unrealise { .. } => "remove its block device".to_owned(),
+        Op::Resize { .. } => "give its block device the new size, in place".to_owned(),
         Op::Attach {
             domid,
             vdev,

@@ -229,6 +229,7 @@ impl Builder<'_> {
             };
             self.diff.edges.push((realise, attach));
         }
+        self.resizes();
         let deleted: Vec<(String, usize)> = self
             .deletes
             .iter()
@@ -257,6 +258,51 @@ impl Builder<'_> {
         }
         self.diff.ops.extend(unrealises);
         self.diff.edges.extend(edges);
+    }
+
+    /// A realised vdisk that grows, or whose block device is shorter than
+    /// its extents (a grow whose apply stopped before the device followed),
+    /// gets its device resized in place, attached or not.
+    fn resizes(&mut self) {
+        let names: Vec<String> = self.extents.keys().cloned().collect();
+        for vdisk in names {
+            if !self.is_realised(&vdisk)
+                || self.creates.contains_key(&vdisk)
+                || self.deletes.contains_key(&vdisk)
+            {
+                continue;
+            }
+            let extents = &self.extents[&vdisk];
+            let sectors: u64 = extents.iter().map(|e| e.sectors).sum();
+            let grow = self.grows.get(&vdisk).copied();
+            let short = self
+                .index
+                .realised_sectors(&vdisk)
+                .is_some_and(|now| now < sectors);
+            if grow.is_none() && !short {
+                continue;
+            }
+            let runs = extents
+                .windows(2)
+                .filter(|w| !(w[0].device == w[1].device && w[0].end() == w[1].start))
+                .count()
+                + 1;
+            if self.index.realised_as_loop(&vdisk) && runs > 1 {
+                self.refuse(
+                    "grow-loop",
+                    format!(
+                        "vdisk `{vdisk}` is realised as a loop device, which maps one run of \
+                         extents, and growing it gives {runs} runs: detach it and let it be \
+                         realised again with realise = \"dm\" (or \"auto\"), or grow it later"
+                    ),
+                );
+                continue;
+            }
+            let resize = self.push(Op::Resize {
+                vdisk: vdisk.clone(),
+            });
+            self.diff.edges.extend(grow.map(|grow| (grow, resize)));
+        }
     }
 
     fn is_realised(&self, vdisk: &str) -> bool {
