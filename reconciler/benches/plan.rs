@@ -185,6 +185,7 @@ fn generate(scale: &Scale, dir: &Path) {
                     devid: (202 << 8) | (disk << 4),
                     vdev: Some(vdev.into()),
                     backend: "vbd".into(),
+                    odd_path: None,
                     params: format!("/dev/mapper/xendisk-vd{v:06}"),
                     mode: "w".into(),
                     kind: "phy".into(),

@@ -45,6 +45,13 @@ pub fn generate(state: &StateSnapshot, host: &HostState) -> Generated {
     let mut skipped = Vec::new();
     let mut unexpressible = Vec::new();
     for attachment in &host.attachments {
+        if let Some(path) = &attachment.odd_path {
+            skipped.push(format!(
+                "the backend at {path}: its directory is not named by numbers, so no file can \
+                 declare it (it is still a holder every plan checks)"
+            ));
+            continue;
+        }
         let Some(domain) = index
             .domain_name(attachment.domid)
             .filter(|n| !n.is_empty())

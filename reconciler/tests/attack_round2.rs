@@ -6,9 +6,9 @@
 //!
 //! A refused plan is checked three ways: `plan` and `apply` exit 3, the
 //! state DB and xenstore are unchanged, and markers written into the victim
-//! sectors beforehand are still there byte for byte. The attacks that break
-//! a guarantee are `#[ignore]`d with a one-line reason, and assert the
-//! guarantee: run them with `cargo test --test attack_round2 -- --ignored`.
+//! sectors beforehand are still there byte for byte. An attack that still
+//! breaks a guarantee is `#[ignore]`d with a one-line reason, and asserts
+//! the guarantee: run it with `cargo test --test attack_round2 -- --ignored`.
 
 mod common;
 
@@ -683,7 +683,6 @@ fn swap_on_a_loop_over_a_pool_image_or_a_pool_disk_partition_is_held() {
 /// that is not a number: the backend is neither resolved nor reported
 /// unresolved, and a pool add and scrub of the guest's partition go ahead.
 #[test]
-#[ignore = "breaks: a backend under a non-numeric domid/devid directory is skipped, so its partition is added to a pool and zeroed"]
 fn a_backend_under_a_non_numeric_directory_is_a_holder() {
     let Some(_devices) = loops_available("a_backend_under_a_non_numeric_directory_is_a_holder")
     else {
@@ -726,7 +725,6 @@ fn a_backend_under_a_non_numeric_directory_is_a_holder() {
 /// DB and dom0's devices, not what the desired paths resolve to, so
 /// `apply plan.json` attaches the link, and guest1 gets guest2's partition rw.
 #[test]
-#[ignore = "breaks: a saved plan's phy:/file: link repointed after plan -o is applied to the new target, sharing it rw"]
 fn a_saved_plan_is_reproved_when_a_source_link_is_repointed() {
     let Some(_devices) =
         loops_available("a_saved_plan_is_reproved_when_a_source_link_is_repointed")
@@ -801,7 +799,6 @@ fn a_saved_plan_is_reproved_when_a_source_link_is_repointed() {
 /// the partition is applied as it stands; at --parallelism 4 the scrub
 /// zeroes the partition while the guest is still attached.
 #[test]
-#[ignore = "breaks: apply plan.json does not re-check a saved plan: an edited plan zeroes a partition a guest still has"]
 fn an_edited_saved_plan_is_reproved_at_apply() {
     let Some(_devices) = loops_available("an_edited_saved_plan_is_reproved_at_apply") else {
         return;
@@ -856,7 +853,6 @@ fn an_edited_saved_plan_is_reproved_at_apply() {
 /// `refused` flag and conflicts are cleared by hand is applied, and the
 /// scrub zeroes the guest's partition.
 #[test]
-#[ignore = "breaks: apply plan.json trusts the saved plan's verdict: a refused plan edited to refused=false is applied"]
 fn a_refused_saved_plan_edited_to_pass_is_still_refused() {
     let Some(_devices) = loops_available("a_refused_saved_plan_edited_to_pass_is_still_refused")
     else {
@@ -904,7 +900,6 @@ fn a_refused_saved_plan_edited_to_pass_is_still_refused() {
 /// starts, really has the first 511 bytes of partition 2: adding it to a
 /// pool and scrubbing it zeroes the guest's last sector.
 #[test]
-#[ignore = "breaks: a loop window with an unaligned byte offset is rounded down, missing its last partial sector"]
 fn a_loop_with_an_unaligned_offset_is_held_to_its_last_byte() {
     let Some(_devices) =
         loops_available("a_loop_with_an_unaligned_offset_is_held_to_its_last_byte")
@@ -949,7 +944,6 @@ fn a_loop_with_an_unaligned_offset_is_held_to_its_last_byte() {
 /// not refuse writes to partition 1 itself): the pool add and the scrub
 /// zero the mounted filesystem's superblock.
 #[test]
-#[ignore = "breaks: a mount in another mount namespace is not a holder: its partition is added to a pool and zeroed"]
 fn a_mount_in_another_mount_namespace_is_a_holder() {
     let Some(_devices) = loops_available("a_mount_in_another_mount_namespace_is_a_holder") else {
         return;
@@ -1008,7 +1002,7 @@ fn a_mount_in_another_mount_namespace_is_a_holder() {
 /// toolstack attaches partition 1 to guest2, which writes its data there.
 /// The scrub runs on the plan's word and zeroes guest2's data.
 #[test]
-#[ignore = "breaks: apply does not re-read holders before a scrub: a guest attached mid-apply has its disk zeroed"]
+#[ignore = "breaks: apply does not re-read the live holders right before a step that writes sectors (issue 10, item 3)"]
 fn a_holder_appearing_during_apply_is_seen_before_the_scrub() {
     let Some(_devices) =
         loops_available("a_holder_appearing_during_apply_is_seen_before_the_scrub")
@@ -1070,7 +1064,6 @@ fn a_holder_appearing_during_apply_is_seen_before_the_scrub() {
 /// every pair of dom0's own holders, so the plan is accepted, and dom0 gets
 /// a second writable path (an xvd device) to a filesystem it has mounted.
 #[test]
-#[ignore = "breaks: dom0 holders are never checked against each other: a partition mounted rw is attached rw to Domain-0"]
 fn a_partition_dom0_mounts_is_not_attached_to_dom0_rw() {
     let Some(_devices) = loops_available("a_partition_dom0_mounts_is_not_attached_to_dom0_rw")
     else {
@@ -1210,7 +1203,6 @@ fn an_md_holder_over_a_pool_device_refuses_new_vdisks() {
 /// all of disk `sdc` and is mounted rw in dom0 is narrowed to v's extents
 /// on the pool: `sdc` is then added to a pool, and zeroed, under the mount.
 #[test]
-#[ignore = "breaks: a dm device named xendisk-<vdisk> is narrowed to that vdisk's extents whatever its slaves are"]
 fn a_dm_device_named_like_a_vdisk_is_what_it_maps() {
     let scratch = tempfile::tempdir().unwrap();
     let tree = captured(scratch.path());
@@ -1248,7 +1240,6 @@ fn a_dm_device_named_like_a_vdisk_is_what_it_maps() {
 /// build, a silent wrap in a release build (a vdisk's sectors placed near
 /// sector 0 of the disk).
 #[test]
-#[ignore = "breaks (minor): pool device start + extent start overflows in the planner: panic (debug) or wrap (release)"]
 fn sector_numbers_near_two_to_the_64_do_not_crash_the_planner() {
     let scratch = tempfile::tempdir().unwrap();
     let tree = Tree::new(&scratch.path().join("root"));

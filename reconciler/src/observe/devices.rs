@@ -48,15 +48,21 @@ fn expand(device: &BlockDevice, devices: &[BlockDevice], out: &mut Vec<UseTarget
             }
         });
     if let (Some(backing), Some(under_device)) = (&device.loop_backing, over_device) {
+        // Rounded outwards: the kernel takes any byte offset and limit, and
+        // a window's partial first and last sectors are touched too.
         let offset = backing.offset / 512;
         let length = if backing.sizelimit == 0 {
             under_device.sectors.saturating_sub(offset)
         } else {
-            backing.sizelimit / 512
+            backing
+                .offset
+                .saturating_add(backing.sizelimit)
+                .div_ceil(512)
+                .saturating_sub(offset)
         };
         out.push(UseTarget::Sectors {
             disk: under_device.disk,
-            start: under_device.start + offset,
+            start: under_device.start.saturating_add(offset),
             sectors: length,
         });
         return;

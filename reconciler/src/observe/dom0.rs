@@ -11,18 +11,31 @@ use crate::extent::DevNum;
 
 pub(super) fn uses(root: &Path, devices: &[BlockDevice]) -> Result<Vec<Dom0Use>, ObserveError> {
     let mut uses = Vec::new();
-    for mount in read_table(root, "/proc/mounts")? {
-        let [source, mountpoint, _fstype, options, ..] = mount.as_slice() else {
-            continue;
+    for (table, namespace) in mount_tables(root) {
+        let mounts = match read_table(root, &table) {
+            Ok(mounts) => mounts,
+            // A process that ended while it was being read.
+            Err(_) if namespace.is_some() => continue,
+            Err(error) => return Err(error),
         };
-        let Some(device) = resolve(root, source, devices) else {
-            continue; // not a block device: tmpfs, proc, overlay, network filesystems
-        };
-        let writable = options.split(',').any(|o| o == "rw");
-        let how = if writable { "rw" } else { "ro" };
-        let description = format!("mounted {how} at {mountpoint} in Domain-0 ({source})");
-        let how = (UseKind::Mount, device);
-        push_sectors(&mut uses, device, devices, writable, &description, how);
+        for mount in mounts {
+            let [source, mountpoint, _fstype, options, ..] = mount.as_slice() else {
+                continue;
+            };
+            let Some(device) = resolve(root, source, devices) else {
+                continue; // not a block device: tmpfs, proc, overlay, network filesystems
+            };
+            let writable = options.split(',').any(|o| o == "rw");
+            let how = if writable { "rw" } else { "ro" };
+            let place = namespace
+                .as_deref()
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default();
+            let description =
+                format!("mounted {how} at {mountpoint}{place} in Domain-0 ({source})");
+            let how = (UseKind::Mount, device);
+            push_sectors(&mut uses, device, devices, writable, &description, how);
+        }
     }
     for swap in read_table(root, "/proc/swaps")?.into_iter().skip(1) {
         let Some(filename) = swap.first() else {
@@ -87,6 +100,42 @@ fn push_sectors(
             via: Some(via.device),
         });
     }
+}
+
+/// The mount tables to read: this process's (`/proc/mounts`), and one for
+/// each other mount namespace a process is in, named for a person: a
+/// filesystem mounted only in a container's namespace is mounted all the
+/// same.
+fn mount_tables(root: &Path) -> Vec<(String, Option<String>)> {
+    let namespace_of = |pid: &str| {
+        fs::read_link(under(root, &format!("/proc/{pid}/ns/mnt")))
+            .ok()
+            .map(|link| link.to_string_lossy().into_owned())
+    };
+    let own = namespace_of("self");
+    let mut tables = vec![("/proc/mounts".to_owned(), None)];
+    let mut seen: std::collections::BTreeSet<String> = own.into_iter().collect();
+    let mut pids: Vec<u64> = fs::read_dir(under(root, "/proc"))
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    pids.sort_unstable();
+    for pid in pids {
+        let pid = pid.to_string();
+        if let Some(namespace) = namespace_of(&pid)
+            && seen.insert(namespace)
+        {
+            tables.push((
+                format!("/proc/{pid}/mounts"),
+                Some(format!("mount namespace of pid {pid}")),
+            ));
+        }
+    }
+    tables
 }
 
 /// The block device a `/dev` path names, by the node's device number when

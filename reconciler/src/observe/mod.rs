@@ -75,6 +75,10 @@ pub struct Attachment {
     pub vdev: Option<String>,
     /// `vbd` (blkback), `qdisk` (QEMU) or `vbd3` (tapdisk3).
     pub backend: String,
+    /// The backend directory, when its domid or device id is not a number
+    /// (`backend/vbd/4/xvdb`): a holder, never planned for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub odd_path: Option<String>,
     /// The backend's `params`: the device or file handed to the guest.
     pub params: String,
     /// The backend's `mode`: `r` or `w` (`w!` where a toolstack wrote it).

@@ -21,13 +21,14 @@ use crate::vdev::Vdev;
 use crate::xs_client::{XENBUS_DEVICE, XsClient, XsError, socket_path};
 
 /// What is read of each attachment's backend directory, in one round trip.
-const ATTACHMENT_LEAVES: [&str; 6] = [
+const ATTACHMENT_LEAVES: [&str; 7] = [
     "params",
     "mode",
     "type",
     "physical-device",
     "online",
     "state",
+    "frontend-id",
 ];
 
 /// Backend kinds that serve block devices.
@@ -156,24 +157,35 @@ pub fn read_xenstore() -> Result<XenstoreView, XenstoreError> {
     for backend in BLOCK_BACKENDS {
         let base = format!("/local/domain/0/backend/{backend}");
         for domid in reader.directory(&base)?.unwrap_or_default() {
-            let Ok(domid_number) = domid.parse::<u32>() else {
-                continue;
-            };
             for devid in reader
                 .directory(&format!("{base}/{domid}"))?
                 .unwrap_or_default()
             {
-                let Ok(devid_number) = devid.parse::<u32>() else {
-                    continue;
-                };
                 let dir = format!("{base}/{domid}/{devid}");
-                let [params, mode, kind, physical, online, state] = reader
+                let [params, mode, kind, physical, online, state, frontend_id] = reader
                     .leaves(&dir, &ATTACHMENT_LEAVES)?
                     .try_into()
                     .unwrap_or_default();
+                if params.is_none() && physical.is_none() && state.is_none() {
+                    continue; // names nothing to open: no disk behind it
+                }
+                // blkback serves a backend whatever its directory is called
+                // (it takes the guest from `frontend-id`): one named
+                // otherwise than by numbers is a holder all the same.
+                let numbers = (domid.parse::<u32>(), devid.parse::<u32>());
+                let odd_path = match numbers {
+                    (Ok(_), Ok(_)) => None,
+                    _ => Some(dir.clone()),
+                };
+                let domid_number = numbers
+                    .0
+                    .ok()
+                    .or_else(|| frontend_id.as_deref().and_then(|id| id.trim().parse().ok()));
+                let devid_number = numbers.1.unwrap_or(0);
                 attachments.push(Attachment {
-                    domid: domid_number,
+                    domid: domid_number.unwrap_or(u32::MAX),
                     devid: devid_number,
+                    odd_path,
                     vdev: Vdev::from_device_id(devid_number)
                         .ok()
                         .map(|v| v.canonical_name()),

@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use super::resolve::normalise;
 use crate::desired::{Mode, Source};
 use crate::extent::DevNum;
-use crate::observe::{Attachment, HostState, LoopTarget, params};
+use crate::observe::{Attachment, BlockDevice, HostState, LoopTarget, params};
 use crate::state::{StateSnapshot, VdiskState};
 
 /// The device-mapper name of a vdisk's block device.
@@ -52,42 +52,66 @@ pub struct ActualIndex<'a> {
     realisations: HashMap<DevNum, &'a str>,
     /// The length, in sectors, of each vdisk's block device seen in sysfs.
     realised_sectors: HashMap<&'a str, u64>,
+    /// Vdisk names a device-mapper device is named for (`xendisk-NAME`)
+    /// that is not that vdisk's: it is what it maps, like any other device.
+    impostors: HashSet<String>,
 }
 
 impl<'a> ActualIndex<'a> {
     pub fn new(state: &'a StateSnapshot, host: &'a HostState) -> ActualIndex<'a> {
-        let mut mapped: HashSet<String> = HashSet::new();
-        for device in &host.block_devices {
-            if let Some(vdisk) = device
-                .dm_name
-                .as_deref()
-                .and_then(|n| n.strip_prefix("xendisk-"))
-            {
-                mapped.insert(vdisk.to_owned());
-            }
-        }
-        for attachment in &host.attachments {
-            if let Some(vdisk) = mapper_vdisk(attachment.path()) {
-                mapped.insert(vdisk.to_owned());
-            }
-        }
         let vdisks: HashMap<&str, &VdiskState> = state
             .vdisks
             .iter()
             .chain(&state.expired)
             .map(|v| (v.name.as_str(), v))
             .collect();
+        let by_name: HashMap<&str, DevNum> = host
+            .block_devices
+            .iter()
+            .map(|d| (d.name.as_str(), d.device))
+            .collect();
+        // A device-mapper device is a vdisk's own only if it is named for
+        // it and built on nothing but the vdisk's pool devices: the name
+        // alone is anybody's to take.
+        let own_dm = |device: &BlockDevice| -> Option<&'a str> {
+            let vdisk = device.dm_name.as_deref()?.strip_prefix("xendisk-")?;
+            let (name, state) = vdisks.get_key_value(vdisk)?;
+            let pool_devices: HashSet<DevNum> = state.extents.iter().map(|e| e.device).collect();
+            let built_on_them = !device.slaves.is_empty()
+                && device.slaves.iter().all(|s| {
+                    by_name
+                        .get(s.as_str())
+                        .is_some_and(|d| pool_devices.contains(d))
+                });
+            built_on_them.then_some(*name)
+        };
+        let mut mapped: HashSet<String> = HashSet::new();
+        let mut impostors: HashSet<String> = HashSet::new();
+        for device in &host.block_devices {
+            if let Some(vdisk) = device
+                .dm_name
+                .as_deref()
+                .and_then(|n| n.strip_prefix("xendisk-"))
+            {
+                match own_dm(device) {
+                    Some(vdisk) => mapped.insert(vdisk.to_owned()),
+                    None => impostors.insert(vdisk.to_owned()),
+                };
+            }
+        }
+        for attachment in &host.attachments {
+            if let Some(vdisk) = mapper_vdisk(attachment.path())
+                && !impostors.contains(vdisk)
+            {
+                mapped.insert(vdisk.to_owned());
+            }
+        }
         let loops = loop_realisations(state, host);
         let mut realisations = HashMap::new();
         let mut realised_sectors = HashMap::new();
         for device in &host.block_devices {
-            let by_dm = device
-                .dm_name
-                .as_deref()
-                .and_then(|n| n.strip_prefix("xendisk-"))
-                .and_then(|v| vdisks.get_key_value(v).map(|(k, _)| *k));
             let by_loop = loops.get(&format!("/dev/{}", device.name)).copied();
-            if let Some(vdisk) = by_dm.or(by_loop) {
+            if let Some(vdisk) = own_dm(device).or(by_loop) {
                 realisations.insert(device.device, vdisk);
                 realised_sectors.insert(vdisk, device.sectors);
             }
@@ -103,6 +127,7 @@ impl<'a> ActualIndex<'a> {
                 .map(|d| (d.domid, d.name.as_str()))
                 .collect(),
             mapped,
+            impostors,
             loops,
         }
     }
@@ -142,7 +167,9 @@ impl<'a> ActualIndex<'a> {
     /// of the path, which may itself hold `:`.
     pub fn source(&self, attachment: &Attachment) -> Source {
         let path = params::parse(&attachment.params).path;
-        if let Some(vdisk) = mapper_vdisk(path) {
+        if let Some(vdisk) = mapper_vdisk(path)
+            && !self.impostors.contains(vdisk)
+        {
             return Source::Vdisk(vdisk.to_owned());
         }
         if path.starts_with("/dev/") {

@@ -57,6 +57,9 @@ struct LoopWindow<'a> {
     ino: u64,
     path: &'a str,
     first: u64,
+    /// The window starts inside a sector: each run of the loop's sectors
+    /// touches one more of the file's.
+    misaligned: bool,
 }
 
 impl<'a> Resolver<'a> {
@@ -97,6 +100,7 @@ impl<'a> Resolver<'a> {
                     ino,
                     path: &backing.file,
                     first: backing.offset / 512,
+                    misaligned: backing.offset % 512 != 0,
                 };
                 loops_over_files.insert(device.device, window);
             }
@@ -138,7 +142,7 @@ impl<'a> Resolver<'a> {
                 let (disk, offset) = self.places.get(&e.device).copied().unwrap_or((e.device, 0));
                 SectorRange {
                     device: disk,
-                    start: offset + e.start,
+                    start: offset.saturating_add(e.start),
                     sectors: e.sectors,
                 }
             })
@@ -172,7 +176,7 @@ impl<'a> Resolver<'a> {
                     dev: window.dev,
                     ino: window.ino,
                     start: window.first.saturating_add(range.start),
-                    sectors: range.sectors,
+                    sectors: range.sectors.saturating_add(u64::from(window.misaligned)),
                     path: window.path.to_owned(),
                 });
             }

@@ -52,10 +52,10 @@ pub enum Area {
 /// Who a holder is, which decides what it may share.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Owner {
-    /// dom0 itself (a mount, swap, a holder) or one of its attachments:
-    /// dom0's uses are not checked against each other.
+    /// dom0 itself (a mount, swap, a holder): dom0's own uses are not
+    /// checked against each other (a filesystem on an LVM volume is both).
     Domain0,
-    /// A guest's attachment.
+    /// An attachment, to a guest or to dom0.
     Guest,
     /// xendisk's own: a pool device or a vdisk (it claims its sectors as
     /// long as it exists), or a scrub (it writes them during its step).

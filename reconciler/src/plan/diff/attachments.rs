@@ -40,6 +40,9 @@ impl Builder<'_> {
         // broken host) are both there, and neither is kept.
         let mut by_domain: BTreeMap<u32, BTreeMap<u32, Vec<usize>>> = BTreeMap::new();
         for (index, attachment) in host.attachments.iter().enumerate() {
+            if attachment.odd_path.is_some() {
+                continue; // held, never matched or detached
+            }
             by_domain
                 .entry(attachment.domid)
                 .or_default()
@@ -404,6 +407,9 @@ impl Builder<'_> {
     }
 
     pub(super) fn attachment_name(&self, attachment: &Attachment) -> String {
+        if let Some(path) = &attachment.odd_path {
+            return format!("the backend at {path}");
+        }
         let domain = self
             .index
             .domain_name(attachment.domid)
@@ -446,13 +452,10 @@ impl Builder<'_> {
     }
 }
 
-/// dom0's attachments are dom0's own uses.
-fn owner(domid: u32) -> Owner {
-    if domid == 0 {
-        Owner::Domain0
-    } else {
-        Owner::Guest
-    }
+/// An attachment is checked against everything, dom0's own uses included:
+/// a disk dom0 mounts and also attaches to itself is mounted twice.
+fn owner(_domid: u32) -> Owner {
+    Owner::Guest
 }
 
 /// Whether what is attached is what the file asks for. A `file:` naming a
