@@ -1002,7 +1002,6 @@ fn a_mount_in_another_mount_namespace_is_a_holder() {
 /// toolstack attaches partition 1 to guest2, which writes its data there.
 /// The scrub runs on the plan's word and zeroes guest2's data.
 #[test]
-#[ignore = "breaks: apply does not re-read the live holders right before a step that writes sectors (issue 10, item 3)"]
 fn a_holder_appearing_during_apply_is_seen_before_the_scrub() {
     let Some(_devices) =
         loops_available("a_holder_appearing_during_apply_is_seen_before_the_scrub")

@@ -346,6 +346,7 @@ fn execute_detaches(
         simulated_devices: true,
         parallelism: 1,
         worker_toolstack: Box::new(|| unreachable!("one step at a time runs no worker")),
+        observe_again: None,
     };
     let mut db = StateDb::in_memory().unwrap();
     let clock = || "2025-01-01T00:00:00Z".parse::<jiff::Timestamp>().unwrap();

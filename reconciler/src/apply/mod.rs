@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use crate::desired::Source;
 use crate::observe::HostState;
-use crate::plan::{Op, Plan, Step, actual::ActualIndex};
+use crate::plan::{Op, Plan, Step, actual::ActualIndex, recheck};
 use crate::state::{DeviceGeometry, DiskPlace, StateDb, StateError};
 
 use realise::{RealiseError, RealiseRequest, Realiser};
@@ -37,7 +37,14 @@ pub struct Drivers {
     pub parallelism: usize,
     /// Makes a toolstack for a worker thread.
     pub worker_toolstack: Box<WorkerToolstack>,
+    /// Observes the host again, right before each step that writes
+    /// sectors; `None` trusts the plan's observation (tests of the
+    /// executor alone).
+    pub observe_again: Option<Box<ObserveAgain>>,
 }
+
+/// What observes the host again for [`Drivers::observe_again`].
+pub type ObserveAgain = dyn Fn() -> Result<HostState, String>;
 
 /// What makes a toolstack for a worker thread.
 pub type WorkerToolstack = dyn Fn() -> Result<Box<dyn Toolstack + Send>, ToolstackError> + Sync;
@@ -67,6 +74,16 @@ pub enum StepError {
     Realise(#[from] RealiseError),
     #[error(transparent)]
     Scrub(#[from] scrub::ScrubError),
+    #[error(
+        "{} appeared since the plan was made and use{} what this step writes; nothing was \
+         written: plan again, and the plan will account for {}",
+        holders.join(", "),
+        if holders.len() == 1 { "s" } else { "" },
+        if holders.len() == 1 { "it" } else { "them" }
+    )]
+    Unexpected { holders: Vec<String> },
+    #[error("cannot look at the host again before this step ({0}); nothing was written")]
+    ObserveAgain(String),
     #[error(
         "pool device {path} ({device}) is not on this host any more; reconnect it, or take it out \
          of the pool's devices and plan again"
@@ -173,8 +190,12 @@ pub fn execute(
         realiser,
         simulated_devices,
         worker_toolstack,
+        observe_again,
         ..
     } = drivers;
+    let observe_again = observe_again.as_deref();
+    // Attachments this run made and took away, for the look before a write.
+    let mut changed = Changed::default();
     let worker_toolstack = &**worker_toolstack;
     std::thread::scope(|scope| -> Result<(), ApplyError> {
         let mut in_flight = 0;
@@ -196,7 +217,19 @@ pub fn execute(
                 db.step_started(run, id, clock())?;
                 killed_here("XENDISK_TEST_KILL_AT_STEP", id);
                 let began = Instant::now();
+                if let Err(error) = look_again(step, host, db, observe_again, &changed, clock) {
+                    execution.finished(
+                        step,
+                        Err(error),
+                        began,
+                        (db, run, clock),
+                        (&mut *progress, total),
+                    )?;
+                    continue;
+                }
                 if on_worker(&id) {
+                    // Its backend may show up while it runs: expected.
+                    changed.record(&step.op);
                     let job = toolstack_job(step, &index, &devices);
                     let sender = sender.clone();
                     in_flight += 1;
@@ -220,6 +253,7 @@ pub fn execute(
                     (db, run, clock),
                     (&mut *progress, total),
                 )? {
+                    changed.record(&step.op);
                     release(id, &mut waiting, &dependents, &mut ready);
                 }
             }
@@ -235,6 +269,7 @@ pub fn execute(
                 (db, run, clock),
                 (&mut *progress, total),
             )? {
+                changed.record(&by_id[&id].op);
                 release(id, &mut waiting, &dependents, &mut ready);
             }
         }
@@ -253,6 +288,67 @@ pub fn execute(
         seconds: started.elapsed().as_secs_f64(),
         phases: execution.phases,
     })
+}
+
+/// Attachments `(domid, devid)` this run made and took away.
+#[derive(Default)]
+struct Changed {
+    attached: BTreeSet<(u32, u32)>,
+    detached: BTreeSet<(u32, u32)>,
+}
+
+impl Changed {
+    fn record(&mut self, op: &Op) {
+        match op {
+            Op::Attach { domid, devid, .. } => {
+                self.detached.remove(&(*domid, *devid));
+                self.attached.insert((*domid, *devid));
+            }
+            Op::Detach { domid, devid, .. } => {
+                self.attached.remove(&(*domid, *devid));
+                self.detached.insert((*domid, *devid));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Right before a step that writes sectors: the host observed again, and
+/// the step refused if anything the plan did not expect holds what it
+/// writes. The plan proved the holders it saw; this covers those that
+/// came since (a guest started, a disk mounted, a backend written by hand).
+fn look_again(
+    step: &Step,
+    before: &HostState,
+    db: &StateDb,
+    observe_again: Option<&ObserveAgain>,
+    changed: &Changed,
+    clock: &dyn Fn() -> jiff::Timestamp,
+) -> Result<(), StepError> {
+    let Some(observe_again) = observe_again else {
+        return Ok(());
+    };
+    if !recheck::writes_sectors(&step.op) {
+        return Ok(());
+    }
+    let now = observe_again().map_err(StepError::ObserveAgain)?;
+    let check = recheck::Recheck {
+        before,
+        now: &now,
+        attached: &changed.attached,
+        detached: &changed.detached,
+    };
+    let (attachments, uses) = recheck::newcomers(&check);
+    if attachments.is_empty() && uses.is_empty() {
+        return Ok(());
+    }
+    let state = db.snapshot(clock())?;
+    let holders = recheck::unexpected_holders(&check, &state, &step.op);
+    if holders.is_empty() {
+        Ok(())
+    } else {
+        Err(StepError::Unexpected { holders })
+    }
 }
 
 /// The drivers a step on the caller's thread uses.

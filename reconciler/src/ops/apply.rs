@@ -239,6 +239,7 @@ fn drivers(settings: &crate::desired::Settings, options: &ApplyOptions) -> anyho
     let direct =
         options.simulated || options.toolstack.unwrap_or(settings.toolstack) == Toolstack::Xenstore;
     let (release_timeout, force_detach) = (options.release_timeout, options.force_detach);
+    let host_root = options.actual.host_root.clone();
     let make =
         move || -> Result<Box<dyn toolstack::Toolstack + Send>, toolstack::ToolstackError> {
             Ok(if direct {
@@ -265,6 +266,12 @@ fn drivers(settings: &crate::desired::Settings, options: &ApplyOptions) -> anyho
         simulated_devices: options.no_devices || options.simulated,
         parallelism: options.parallelism,
         worker_toolstack: Box::new(make),
+        observe_again: Some(Box::new(move || {
+            crate::observe::observe(&crate::observe::ObserveOptions {
+                host_root: host_root.clone(),
+            })
+            .map_err(|error| error.to_string())
+        })),
     })
 }
 

@@ -10,6 +10,7 @@
 pub mod actual;
 mod diff;
 mod graph;
+pub mod recheck;
 mod resolve;
 
 use std::fmt;

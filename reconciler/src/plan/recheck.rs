@@ -1,0 +1,207 @@
+//! The last look before a step writes sectors: which holders the host has
+//! now that the plan did not know of, and which of them touch what the
+//! step writes. Apply observes the host again right before such a step and
+//! asks this; the plan's proof covered only the holders it saw.
+//!
+//! Pure, like the rest of planning: it compares the values it is given.
+
+use std::collections::BTreeSet;
+
+use super::Op;
+use super::actual::ActualIndex;
+use super::resolve::{Area, Resolver, normalise};
+use crate::desired::Source;
+use crate::observe::{Attachment, Dom0Use, HostState};
+use crate::state::StateSnapshot;
+
+/// What the apply knows of the host while it runs.
+pub struct Recheck<'a> {
+    /// The host as the plan saw it.
+    pub before: &'a HostState,
+    /// The host as it is now.
+    pub now: &'a HostState,
+    /// Attachments `(domid, devid)` this run made: expected holders.
+    pub attached: &'a BTreeSet<(u32, u32)>,
+    /// Attachments `(domid, devid)` this run took away: must be gone.
+    pub detached: &'a BTreeSet<(u32, u32)>,
+}
+
+/// Holders in `check.now` the plan did not know of (nor this run make):
+/// cheap, so that apply looks closer only when there are some.
+pub fn newcomers<'a>(check: &Recheck<'a>) -> (Vec<&'a Attachment>, Vec<&'a Dom0Use>) {
+    let attachments = check
+        .now
+        .attachments
+        .iter()
+        .filter(|attachment| {
+            let key = (attachment.domid, attachment.devid);
+            let known = check.before.attachments.iter().any(|a| same(a, attachment));
+            !(known || check.attached.contains(&key)) || check.detached.contains(&key)
+        })
+        .collect();
+    let uses = check
+        .now
+        .dom0_uses
+        .iter()
+        .filter(|used| !check.before.dom0_uses.contains(used))
+        .collect();
+    (attachments, uses)
+}
+
+/// Of the [`newcomers`], those that touch what `op` writes, for a person;
+/// empty when the step may go on. `state` is the state DB as it is now
+/// (pool devices this run added included). A holder that cannot be
+/// resolved touches everything.
+pub fn unexpected_holders(check: &Recheck<'_>, state: &StateSnapshot, op: &Op) -> Vec<String> {
+    let (attachments, uses) = newcomers(check);
+    if attachments.is_empty() && uses.is_empty() {
+        return Vec::new();
+    }
+    let resolver = Resolver::new(state, check.now, &[]);
+    let index = ActualIndex::new(state, check.now);
+    let Some(writes) = writes_of(op, state, &resolver) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for attachment in attachments {
+        let areas = attachment_areas(attachment, &index, &resolver);
+        if touches(&areas, &writes) {
+            found.push(format!(
+                "the {} backend of domid {} device {} ({})",
+                attachment.backend, attachment.domid, attachment.devid, attachment.params
+            ));
+        }
+    }
+    for used in uses {
+        if is_own(used, &index) {
+            continue;
+        }
+        let areas = resolver.widen(vec![Area::from(&used.target)]);
+        if touches(&areas, &writes) {
+            found.push(used.description.clone());
+        }
+    }
+    found.sort();
+    found.dedup();
+    found
+}
+
+/// Whether `op` writes sectors, so that apply must look again first.
+pub fn writes_sectors(op: &Op) -> bool {
+    match op {
+        Op::AddPoolDevice { .. }
+        | Op::Scrub { .. }
+        | Op::CreateVdisk { .. }
+        | Op::GrowVdisk { .. }
+        | Op::Realise { .. }
+        | Op::Resize { .. } => true,
+        Op::Attach { mode, .. } => mode.is_writable(),
+        _ => false,
+    }
+}
+
+fn same(a: &Attachment, b: &Attachment) -> bool {
+    (a.domid, a.devid, &a.backend, &a.params, a.physical_device)
+        == (b.domid, b.devid, &b.backend, &b.params, b.physical_device)
+}
+
+/// A use through a vdisk's own block device is xendisk's (a realisation
+/// this run made shows up as a device-mapper holder of its pool device).
+fn is_own(used: &Dom0Use, index: &ActualIndex<'_>) -> bool {
+    used.via
+        .is_some_and(|device| index.realisation_of(device).is_some())
+}
+
+/// The areas a step writes (or hands out to be written); `None` for a
+/// step that writes no sectors.
+fn writes_of(op: &Op, state: &StateSnapshot, resolver: &Resolver<'_>) -> Option<Vec<Area>> {
+    let vdisk_extents = |name: &str| {
+        state
+            .vdisks
+            .iter()
+            .find(|v| v.name == name)
+            .map(|v| resolver.extents(&v.extents))
+            .unwrap_or_default()
+    };
+    Some(match op {
+        Op::AddPoolDevice { device, .. } => resolver.device_number(*device).unwrap_or_default(),
+        Op::Scrub { extents, .. }
+        | Op::CreateVdisk { extents, .. }
+        | Op::GrowVdisk { extents, .. } => resolver.extents(extents),
+        Op::Realise { vdisk } | Op::Resize { vdisk } => vdisk_extents(vdisk),
+        Op::Attach { source, mode, .. } if mode.is_writable() => match source {
+            Source::Vdisk(name) => vdisk_extents(name),
+            Source::Phy(path) | Source::File(path) => resolver
+                .path(&normalise(path))
+                .unwrap_or_else(|| vec![Area::Path(normalise(path))]),
+        },
+        _ => return None,
+    })
+}
+
+fn attachment_areas(
+    attachment: &Attachment,
+    index: &ActualIndex<'_>,
+    resolver: &Resolver<'_>,
+) -> Vec<Area> {
+    let source = index.source(attachment);
+    let mut areas = match &source {
+        Source::Vdisk(name) => index
+            .vdisk(name)
+            .map(|v| resolver.extents(&v.extents))
+            .unwrap_or_default(),
+        Source::Phy(path) | Source::File(path) => resolver.path(path).unwrap_or_default(),
+    };
+    if let Some(device) = attachment.physical_device {
+        areas.extend(resolver.device_number(device).unwrap_or_default());
+    }
+    if areas.is_empty() {
+        // As the planner reads it: a file not on the host is held by its
+        // path; a device, or a path behind an unknown driver, by nothing known.
+        areas.push(match source {
+            Source::File(path)
+                if attachment.kind != "phy" && attachment.path_after_unknown_prefix().is_none() =>
+            {
+                Area::Path(path)
+            }
+            _ => Area::Unknown(attachment.params.clone()),
+        });
+    }
+    areas
+}
+
+/// Whether two lists of areas share a sector or a file; something that
+/// could not be resolved shares everything.
+fn touches(holder: &[Area], writes: &[Area]) -> bool {
+    holder.iter().any(|h| {
+        matches!(h, Area::Unknown(_))
+            || writes.iter().any(|w| match (h, w) {
+                (Area::Sectors(p), Area::Sectors(q)) => {
+                    p.device == q.device && p.start < q.end() && q.start < p.end()
+                }
+                (
+                    Area::Inode {
+                        dev: d1,
+                        ino: i1,
+                        start: s1,
+                        sectors: n1,
+                        ..
+                    },
+                    Area::Inode {
+                        dev: d2,
+                        ino: i2,
+                        start: s2,
+                        sectors: n2,
+                        ..
+                    },
+                ) => {
+                    d1 == d2
+                        && i1 == i2
+                        && *s1 < s2.saturating_add(*n2)
+                        && *s2 < s1.saturating_add(*n1)
+                }
+                (Area::Path(p), Area::Path(q)) => p == q,
+                _ => false,
+            })
+    })
+}
