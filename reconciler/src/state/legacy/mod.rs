@@ -6,6 +6,11 @@
 //! in 512-byte sectors, `part_id` a device number, vdisk 0 the free pool, and
 //! free space "the extents of expired vdisks". The whole legacy file is read
 //! and checked before anything is written, and the import is one transaction.
+//!
+//! The file is data: a SQLite 3 database is opened read-only, the text of a
+//! SQLite 2 `.dump` is loaded into a private scratch database by [`dump`],
+//! which lets through only the ancestor's own statements, and either is read
+//! under an authorizer that allows nothing but reading the three tables.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -16,6 +21,10 @@ use rusqlite::{Connection, OpenFlags, params};
 use super::{StateDb, StateError, to_unix};
 use crate::desired::{Expiry, Size};
 use crate::extent::DevNum;
+
+mod dump;
+#[cfg(test)]
+mod tests;
 
 const SQLITE2_HEADER: &[u8] = b"** This file contains an SQLite 2";
 const SQLITE3_HEADER: &[u8] = b"SQLite format 3\0";
@@ -35,6 +44,29 @@ pub enum LegacyError {
     Sqlite2 { path: String },
     #[error("{path} is neither an SQLite 3 database nor the text of `sqlite .dump`: {detail}")]
     NotADatabase { path: String, detail: String },
+    #[error(
+        "{path}:{line}: `{statement}` is refused, nothing was imported: {reason}. The \
+         ancestor's dump holds only CREATE TABLE and INSERT INTO for its tables vdisks, \
+         vdisk_extents and vdisk_part, between BEGIN TRANSACTION and COMMIT: dump its database \
+         again (`sqlite xen_vdisks.sqlite .dump > xen_vdisks.sql`), or delete the statement from \
+         a copy of this dump and import the copy"
+    )]
+    Refused {
+        path: String,
+        line: usize,
+        statement: String,
+        reason: String,
+    },
+    #[error(
+        "{path}:{line}: `{statement}` does not run, nothing was imported: {detail}; repair it in \
+         a copy of the dump and import the copy"
+    )]
+    BadStatement {
+        path: String,
+        line: usize,
+        statement: String,
+        detail: String,
+    },
     #[error(
         "{path} does not have the ancestor's schema ({detail}); expected the tables \
          vdisks(vdisk_id, size, expires, expiry_time), \
@@ -138,15 +170,36 @@ fn open_legacy(path: &Path, name: &str) -> Result<Connection, LegacyError> {
     };
     if bytes.starts_with(SQLITE3_HEADER) {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        return Connection::open_with_flags(path, flags).map_err(|e| not_a_database(e.to_string()));
+        let mut connection =
+            Connection::open_with_flags(path, flags).map_err(|e| not_a_database(e.to_string()))?;
+        dump::restrict_to_reading(&mut connection).map_err(|e| not_a_database(e.to_string()))?;
+        return Ok(connection);
     }
     let text =
         String::from_utf8(bytes).map_err(|_| not_a_database("the file is not text".to_owned()))?;
-    let connection = Connection::open_in_memory().map_err(|e| not_a_database(e.to_string()))?;
-    connection
-        .execute_batch(&text)
-        .map_err(|e| not_a_database(format!("the SQL does not run: {e}")))?;
-    Ok(connection)
+    load_dump(name, &text)
+}
+
+/// Loads `.dump` text into a scratch database; `name` is the file, for messages.
+fn load_dump(name: &str, text: &str) -> Result<Connection, LegacyError> {
+    dump::load(text).map_err(|error| {
+        let path = name.to_owned();
+        let (line, statement) = (error.line, error.statement);
+        match error.problem {
+            dump::Problem::Refused(reason) => LegacyError::Refused {
+                path,
+                line,
+                statement,
+                reason,
+            },
+            dump::Problem::Failed(detail) => LegacyError::BadStatement {
+                path,
+                line,
+                statement,
+                detail,
+            },
+        }
+    })
 }
 
 type Tables = (
