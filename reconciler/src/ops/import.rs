@@ -29,8 +29,17 @@ pub fn import(options: &ImportOptions, console: &mut Console<'_>) -> anyhow::Res
             devices.join(", ")
         )?;
     }
-    for vdisk in &report.vdisks {
-        writeln!(console.out, "+ vdisk {vdisk}")?;
+    for (vdisk, pools) in &report.vdisks {
+        if pools.len() > 1 {
+            // Extents of several sizes, as the ancestor handed them out.
+            writeln!(
+                console.out,
+                "+ vdisk {vdisk} (extents in pools {})",
+                pools.join(", ")
+            )?;
+        } else {
+            writeln!(console.out, "+ vdisk {vdisk}")?;
+        }
     }
     writeln!(
         console.out,

@@ -61,10 +61,32 @@ pub struct ValidateOptions {
 
 /// The sizes of the pool devices the state DB records, by path: what
 /// validation checks vdisk sizes against.
+///
+/// A pool holding a vdisk adopted from the ancestor with extents in other
+/// pools too is left out: that vdisk may be larger than its own pool, so the
+/// pool's size bounds nothing. (The planner still refuses a vdisk that its
+/// pool's free extents cannot hold.)
 pub(crate) fn capacities(state: &crate::state::StateSnapshot) -> Capacities {
+    let pool_of_device: std::collections::BTreeMap<_, &str> = state
+        .pools
+        .iter()
+        .flat_map(|pool| pool.devices.iter().map(|d| (d.device, pool.name.as_str())))
+        .collect();
+    let unbounded: std::collections::BTreeSet<&str> = state
+        .vdisks
+        .iter()
+        .filter(|vdisk| {
+            vdisk
+                .extents
+                .iter()
+                .any(|e| pool_of_device.get(&e.device) != Some(&vdisk.pool.as_str()))
+        })
+        .map(|vdisk| vdisk.pool.as_str())
+        .collect();
     state
         .pools
         .iter()
+        .filter(|pool| !unbounded.contains(pool.name.as_str()))
         .flat_map(|pool| &pool.devices)
         .map(|device| (device.path.clone(), Size::from_sectors(device.sectors)))
         .collect()

@@ -262,3 +262,54 @@ proptest! {
         }
     }
 }
+
+/// The golden case's database: vd-1 over /dev/sdb1 (32 MiB extents, its
+/// pool `legacy-2`) and /dev/sda3 (16 MiB, pool `legacy`), imported.
+fn mixed() -> crate::state::StateDb {
+    let text = include_str!("../../../../tests/golden/import-legacy-mixed-sizes/xen_vdisks.sql");
+    let connection = load_dump("mixed.sql", text).unwrap();
+    let (partitions, vdisks, extents) = read_tables(&connection, "mixed.sql", now()).unwrap();
+    super::check("mixed.sql", &partitions, &vdisks, &extents).unwrap();
+    let legacy = super::LegacyDb {
+        partitions,
+        vdisks,
+        extents,
+    };
+    let mut db = crate::state::StateDb::in_memory().unwrap();
+    super::import_legacy(&mut db, &legacy, now()).unwrap();
+    db
+}
+
+#[test]
+fn a_vdisk_over_two_extent_sizes_is_consistent_and_grows_from_its_own_pool() {
+    use crate::desired::Size;
+    let mut db = mixed();
+    assert_eq!(db.verify(now()).unwrap(), Vec::<String>::new());
+    let vdisk = &db.snapshot(now()).unwrap().vdisks[0];
+    assert_eq!(
+        (vdisk.pool.as_str(), vdisk.allocated),
+        ("legacy-2", Size::from_sectors(163840))
+    );
+    // 80 MiB held (32 + 16 + 32): 16 MiB more is one 32 MiB extent of
+    // legacy-2 (not 96 MiB / 32 MiB - 3 extents held = none).
+    db.grow_vdisk("vd-1", Size::from_sectors(196608), now())
+        .unwrap();
+    assert_eq!(db.verify(now()).unwrap(), Vec::<String>::new());
+    let vdisk = &db.snapshot(now()).unwrap().vdisks[0];
+    assert_eq!(vdisk.allocated, Size::from_sectors(229376));
+    assert_eq!(vdisk.extents.last().unwrap().sectors, 65536);
+}
+
+#[test]
+fn deleting_a_vdisk_over_two_extent_sizes_frees_each_extent_into_its_own_pool() {
+    let mut db = mixed();
+    assert_eq!(db.delete_vdisk("vd-1", now()).unwrap(), 3);
+    let state = db.snapshot(now()).unwrap();
+    let free: Vec<(&str, u64, u64)> = state
+        .pools
+        .iter()
+        .map(|p| (p.name.as_str(), p.devices[0].free, p.devices[0].dirty))
+        .collect();
+    assert_eq!(free, [("legacy", 4, 4), ("legacy-2", 3, 3)]);
+    assert_eq!(db.verify(now()).unwrap(), Vec::<String>::new());
+}
