@@ -1,11 +1,19 @@
 //! `import --legacy` against a database built the ancestor's way: its
 //! `vd_format`, `vd_create`, `vd_refresh` and `vd_delete` replayed as the SQL
 //! they ran, then every live vdisk's extents from `xendisk state --json`
-//! compared with what the ancestor's `vd_lookup` query returns for it.
+//! compared with what the ancestor's `vd_lookup` query returns for it. The
+//! ancestor cut each partition into extents of its own size and handed out
+//! extents from any of them, so a vdisk over partitions of two extent sizes
+//! is an ordinary legacy layout: it imports as it is, from the SQLite file
+//! or its `.dump` text, and then plans, grows, attaches and is deleted on
+//! the simulated host like any other vdisk.
+
+mod host;
 
 use std::path::Path;
 use std::process::Command;
 
+use rusqlite::types::Value;
 use rusqlite::{Connection, params};
 
 /// vd_init_db, with the free pool (vdisk 0) born expired long ago.
@@ -236,4 +244,259 @@ fn a_sqlite2_file_is_recognised_and_the_conversion_explained() {
         !state.exists(),
         "a refused import must not create the state DB"
     );
+}
+
+/// The `.dump` text of a legacy database as the ancestor's `sqlite` (2)
+/// writes it: the tables' own CREATE statements, every value quoted as text.
+fn dump(db: &Connection) -> String {
+    let mut text = String::from("BEGIN TRANSACTION;\n");
+    for table in ["vdisk_extents", "vdisk_part", "vdisks"] {
+        let create: String = db
+            .query_row(
+                "SELECT sql FROM sqlite_master WHERE name = ?1",
+                [table],
+                |r| r.get(0),
+            )
+            .unwrap();
+        text.push_str(&format!("{create};\n"));
+        let mut statement = db.prepare(&format!("SELECT * FROM {table}")).unwrap();
+        let columns = statement.column_count();
+        let rows: Vec<Vec<Value>> = statement
+            .query_map([], |r| (0..columns).map(|i| r.get(i)).collect())
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        for row in rows {
+            let values: Vec<String> = row
+                .iter()
+                .map(|value| match value {
+                    Value::Null => "NULL".to_owned(),
+                    Value::Integer(n) => format!("'{n}'"),
+                    Value::Real(r) => format!("'{r}'"),
+                    Value::Text(t) => format!("'{}'", t.replace('\'', "''")),
+                    Value::Blob(_) => panic!("the ancestor stored no blobs"),
+                })
+                .collect();
+            text.push_str(&format!(
+                "INSERT INTO {table} VALUES({});\n",
+                values.join(",")
+            ));
+        }
+    }
+    text.push_str("COMMIT;\n");
+    text
+}
+
+/// Each vdisk's extents in `state --json`, as `(device, start, sectors)`.
+fn json_extents(json: &serde_json::Value, name: &str) -> Vec<(String, u64, u64)> {
+    let vdisk = json["vdisks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == name)
+        .unwrap_or_else(|| panic!("{name} missing from {json:#}"));
+    vdisk["extents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["device"].as_str().unwrap().to_owned(),
+                e["start"].as_u64().unwrap(),
+                e["sectors"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The ancestor's database on the simulated host's two free devices:
+/// `/dev/sdc` (8:32) cut into 32 MiB extents, then `/dev/sdb1` (8:17) into
+/// 16 MiB ones. vd_create takes the highest free extent numbers first, so
+/// vdisk 2 gets all of sdb1's extents but the one vdisk 1 holds, then two
+/// of sdc's; deleting vdisk 1 leaves that extent free for a grow. Returns
+/// the database and vdisk 2's `vd_lookup`.
+fn mixed_sizes(path: &Path) -> (Connection, Vec<(String, u64, u64)>) {
+    let db = Connection::open(path).unwrap();
+    init(&db);
+    format(&db, "/dev/sdc", 0x0820, 128 * 2048, 32); // extents 0..=3, 32 MiB
+    format(&db, "/dev/sdb1", 0x0811, 128 * 2048, 16); // extents 4..=11, 16 MiB
+    let small = create(&db, 16, 0);
+    let spanning = create(&db, 160, 0);
+    delete(&db, small);
+    assert_eq!(spanning, 2);
+    let lookup = vd_lookup(&db, spanning);
+    // The premise: one vdisk, two partitions, two extent sizes, in the
+    // ancestor's order (sdb1 from its end, then sdc from its end).
+    let mut expected: Vec<(String, u64, u64)> = (0..7)
+        .rev()
+        .map(|i| ("8:17".to_owned(), i * 32768, 32768))
+        .collect();
+    expected.push(("8:32".to_owned(), 3 * 65536, 65536));
+    expected.push(("8:32".to_owned(), 2 * 65536, 65536));
+    assert_eq!(lookup, expected);
+    (db, lookup)
+}
+
+#[test]
+fn a_vdisk_over_partitions_of_two_extent_sizes_imports_as_vd_lookup_returns_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, lookup) = mixed_sizes(&dir.path().join("xen_vdisks.sqlite"));
+    let text = dir.path().join("xen_vdisks.sql");
+    std::fs::write(&text, dump(&db)).unwrap();
+    drop(db);
+    for legacy in ["xen_vdisks.sqlite", "xen_vdisks.sql"] {
+        let state = dir.path().join(format!("{legacy}.state"));
+        let legacy = dir.path().join(legacy);
+        let import = xendisk(&["import", "--legacy", legacy.to_str().unwrap()], &state);
+        assert!(
+            import.status.success(),
+            "{}: {}",
+            legacy.display(),
+            String::from_utf8_lossy(&import.stderr)
+        );
+        let output = xendisk(&["state", "--json", "--check"], &state);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(json_extents(&json, "vd-2"), lookup, "{}", legacy.display());
+        let vdisk = &json["vdisks"][0];
+        // Its pool is its first extent's; its extents hold 7 x 16 + 2 x 32 MiB.
+        assert_eq!(vdisk["pool"], "legacy", "{json:#}");
+        assert_eq!(vdisk["size"], "160MiB");
+        assert_eq!(vdisk["allocated"], "176MiB");
+        // The ancestor took extents from the end: no two are in a row.
+        assert_eq!(vdisk["segments"], 9);
+        // Realised, each extent is a line of the device-mapper table, of its
+        // own length, one after the other.
+        let db = xendisk::state::StateDb::open_read_only(&state).unwrap();
+        let extents = db.lookup("vd-2", jiff::Timestamp::now()).unwrap();
+        let mut logical = 0;
+        let mut table = String::new();
+        for (device, start, sectors) in &lookup {
+            table.push_str(&format!("{logical} {sectors} linear {device} {start}\n"));
+            logical += sectors;
+        }
+        assert_eq!(xendisk::apply::realise::dm_table(&extents), table);
+    }
+}
+
+const ADOPTED: &str = r#"
+[settings]
+toolstack = "xenstore"
+
+[pools.legacy]
+extent_size = "16MiB"
+devices = ["/dev/sdb1"]
+scrub = "on-release"
+
+[pools.legacy-2]
+extent_size = "32MiB"
+devices = ["/dev/sdc"]
+
+[vdisks.vd-2]
+pool = "legacy"
+size = "SIZE"
+
+[domains.guest1.disks]
+DISKS
+"#;
+
+fn adopted(size: &str, disks: &str) -> String {
+    ADOPTED.replace("SIZE", size).replace("DISKS", disks)
+}
+
+fn state_json(host: &host::Host) -> serde_json::Value {
+    let output = host.run(&["state", "--json", "--check"]);
+    host::assert_exit(&output, 0);
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// `(free, dirty)` extents of the one device of a pool.
+fn pool_counts(json: &serde_json::Value, pool: &str) -> (u64, u64) {
+    let pool = json["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == pool)
+        .unwrap_or_else(|| panic!("pool {pool} missing from {json:#}"));
+    let device = &pool["devices"][0];
+    (
+        device["free"].as_u64().unwrap(),
+        device["dirty"].as_u64().unwrap(),
+    )
+}
+
+#[test]
+fn a_vdisk_over_two_extent_sizes_grows_attaches_and_is_deleted_on_the_simulated_host() {
+    use xendisk::sim::{Faults, GuestPolicy};
+    let host = host::Host::new(GuestPolicy::default(), Faults::default());
+    let legacy = host.dir.path().join("xen_vdisks.sql");
+    let (db, lookup) = mixed_sizes(&host.dir.path().join("xen_vdisks.sqlite"));
+    std::fs::write(&legacy, dump(&db)).unwrap();
+    drop(db);
+    host::assert_exit(
+        &host.run(&["import", "--legacy", legacy.to_str().unwrap()]),
+        0,
+    );
+
+    // Adopted as it is: nothing to do.
+    host.file("same.toml", &adopted("160MiB", ""));
+    host::assert_exit(&host.run(&["plan", "same.toml"]), 0);
+
+    // A grow counts the sectors the vdisk holds (176 MiB), not its extents
+    // times its pool's extent size (9 x 16 MiB): 16 MiB more is one extent
+    // of its own pool, the one vdisk 1 left free.
+    host.file("grow.toml", &adopted("192MiB", ""));
+    let planned = host.run(&["plan", "grow.toml", "--json"]);
+    host::assert_exit(&planned, 2);
+    let plan: serde_json::Value = serde_json::from_slice(&planned.stdout).unwrap();
+    let grows: Vec<&serde_json::Value> = plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["op"] == "grow-vdisk")
+        .collect();
+    assert_eq!(grows.len(), 1, "{plan:#}");
+    assert_eq!(
+        grows[0]["extents"],
+        serde_json::json!([{"device": "8:17", "start": 7 * 32768, "sectors": 32768}]),
+        "{plan:#}"
+    );
+    host::assert_exit(&host.apply("grow.toml", &[]), 0);
+    let json = state_json(&host);
+    let mut grown = lookup.clone();
+    grown.push(("8:17".to_owned(), 7 * 32768, 32768));
+    assert_eq!(json_extents(&json, "vd-2"), grown);
+    assert_eq!(json["vdisks"][0]["allocated"], "192MiB");
+    assert_eq!(pool_counts(&json, "legacy").0, 0);
+
+    // Attached to a guest: realised over both partitions, in order.
+    let disks = r#"xvda = { source = "vdisk:vd-2", mode = "w" }"#;
+    host.file("attach.toml", &adopted("192MiB", disks));
+    let applied = host.apply("attach.toml", &[]);
+    host::assert_exit(&applied, 0);
+    assert_eq!(host.attached(4), ["51712"]);
+    assert_eq!(
+        host.simulator
+            .store()
+            .read("/local/domain/0/backend/vbd/4/51712/params")
+            .unwrap(),
+        b"/dev/mapper/xendisk-vd-2"
+    );
+    host::assert_exit(&host.run(&["plan", "attach.toml"]), 0);
+
+    // Deleted: each extent goes back to its own pool.
+    host.file(
+        "delete.toml",
+        &adopted("192MiB", "").replace("[vdisks.vd-2]\npool = \"legacy\"\nsize = \"192MiB\"\n", ""),
+    );
+    host::assert_exit(&host.apply("delete.toml", &["--allow-destroy"]), 0);
+    let json = state_json(&host);
+    assert_eq!(json["vdisks"].as_array().unwrap().len(), 0, "{json:#}");
+    assert_eq!(pool_counts(&json, "legacy").0, 8, "{json:#}");
+    assert_eq!(pool_counts(&json, "legacy-2").0, 4, "{json:#}");
+    host::assert_exit(&host.run(&["plan", "delete.toml"]), 0);
 }

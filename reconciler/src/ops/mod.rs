@@ -15,12 +15,14 @@ use crate::observe;
 use crate::render;
 
 mod apply;
+mod import;
 mod plan;
 
 pub use apply::{ApplyOptions, apply};
+pub use import::{ImportOptions, import};
 
 use crate::sim;
-use crate::state::{self, StateDb};
+use crate::state::StateDb;
 use crate::vdev::{Vdev, VdevKind};
 pub use plan::{
     ActualSource, DiffOptions, GenerateOptions, GraphOptions, PlanOptions, diff, generate, graph,
@@ -59,10 +61,32 @@ pub struct ValidateOptions {
 
 /// The sizes of the pool devices the state DB records, by path: what
 /// validation checks vdisk sizes against.
+///
+/// A pool holding a vdisk adopted from the ancestor with extents in other
+/// pools too is left out: that vdisk may be larger than its own pool, so the
+/// pool's size bounds nothing. (The planner still refuses a vdisk that its
+/// pool's free extents cannot hold.)
 pub(crate) fn capacities(state: &crate::state::StateSnapshot) -> Capacities {
+    let pool_of_device: std::collections::BTreeMap<_, &str> = state
+        .pools
+        .iter()
+        .flat_map(|pool| pool.devices.iter().map(|d| (d.device, pool.name.as_str())))
+        .collect();
+    let unbounded: std::collections::BTreeSet<&str> = state
+        .vdisks
+        .iter()
+        .filter(|vdisk| {
+            vdisk
+                .extents
+                .iter()
+                .any(|e| pool_of_device.get(&e.device) != Some(&vdisk.pool.as_str()))
+        })
+        .map(|vdisk| vdisk.pool.as_str())
+        .collect();
     state
         .pools
         .iter()
+        .filter(|pool| !unbounded.contains(pool.name.as_str()))
         .flat_map(|pool| &pool.devices)
         .map(|device| (device.path.clone(), Size::from_sectors(device.sectors)))
         .collect()
@@ -274,42 +298,6 @@ pub fn state(options: &StateOptions, console: &mut Console<'_>) -> anyhow::Resul
         }
         writeln!(console.err, "{}: consistent", db.label())?;
     }
-    Ok(Exit::Success)
-}
-
-/// `xendisk import --legacy PATH`
-#[derive(Debug, Clone)]
-pub struct ImportOptions {
-    pub state: PathBuf,
-    pub legacy: PathBuf,
-    pub now: jiff::Timestamp,
-}
-
-/// Adopts the ancestor's database into a new, empty state DB.
-pub fn import(options: &ImportOptions, console: &mut Console<'_>) -> anyhow::Result<Exit> {
-    // The legacy file is read and checked before the state DB is touched.
-    let legacy = state::read_legacy(&options.legacy, options.now)?;
-    let mut db = StateDb::open(&options.state)?;
-    let report = state::import_legacy(&mut db, &legacy, options.now)?;
-    for (name, extent_size, devices) in &report.pools {
-        writeln!(
-            console.out,
-            "+ pool {name} (extents of {extent_size}): {}",
-            devices.join(", ")
-        )?;
-    }
-    for vdisk in &report.vdisks {
-        writeln!(console.out, "+ vdisk {vdisk}")?;
-    }
-    writeln!(
-        console.out,
-        "Imported {} into {}: {}, {}, {} free (to be scrubbed before reuse).",
-        options.legacy.display(),
-        db.label(),
-        count(report.pools.len(), "pool"),
-        count(report.vdisks.len(), "live vdisk"),
-        count(report.free_extents as usize, "extent"),
-    )?;
     Ok(Exit::Success)
 }
 

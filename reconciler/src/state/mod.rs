@@ -12,6 +12,13 @@
 //! expired or deleted vdisk are free space, reclaimed lazily by the next
 //! write. Its defects are not kept: sizes are exact, extent order is explicit,
 //! names are data, and failures are errors instead of `-1`.
+//!
+//! A vdisk is an ordered list of extents, each `(pool device, start, length)`
+//! of its device's pool's extent size. A pool's extent size governs new
+//! allocations only: create and grow take extents from the vdisk's pool
+//! alone, but a vdisk adopted from the ancestor (which cut each partition
+//! with its own extent size and allocated from all of them) keeps extents
+//! in several pools. Its pool is its first extent's.
 
 pub mod alloc;
 mod devices;
@@ -119,10 +126,13 @@ pub struct PoolDeviceState {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct VdiskState {
     pub name: String,
+    /// Its first extent's pool, where a grow takes new extents from. A vdisk
+    /// imported from the ancestor may have further extents in other pools.
     pub pool: String,
     /// The size asked for.
     pub size: Size,
-    /// What its extents hold: the size rounded up to whole extents.
+    /// What its extents hold (each of its own pool's extent size): the size
+    /// rounded up to whole extents.
     pub allocated: Size,
     /// The expiry as declared.
     pub expiry: Expiry,
@@ -131,7 +141,8 @@ pub struct VdiskState {
     /// Contiguous runs among its extents; 1 means it can be a loop device.
     pub segments: usize,
     /// Its extents in order (the device-mapper table order), each relative
-    /// to its pool device, as the ancestor's `vd_lookup` gave them.
+    /// to its pool device and of that device's pool's extent size, as the
+    /// ancestor's `vd_lookup` gave them.
     pub extents: Vec<SectorRange>,
 }
 

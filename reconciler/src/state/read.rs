@@ -168,49 +168,48 @@ impl StateDb {
     }
 
     /// Vdisks matching `condition` (on `v`, with `?1` the time), with their
-    /// extents in order.
+    /// extents in order. Each extent is of its own device's pool's size: an
+    /// imported vdisk may span pools of different extent sizes.
     fn vdisks(&self, now: i64, condition: &str) -> Result<Vec<VdiskState>, StateError> {
         let error = self.sqlite_error("reading vdisks");
         let mut statement = self
             .connection
             .prepare(&format!(
-                "SELECT v.id, v.name, p.name, p.extent_sectors, v.size_sectors, v.expiry,
-                        v.created_at, v.expires_at
+                "SELECT v.id, v.name, p.name, v.size_sectors, v.expiry, v.created_at, v.expires_at
                  FROM vdisks v JOIN pools p ON p.id = v.pool_id
                  WHERE {condition} ORDER BY v.name"
             ))
             .map_err(&error)?;
         let rows = statement
             .query_map(params![now], |row| {
-                let expiry: String = row.get(5)?;
+                let expiry: String = row.get(4)?;
                 Ok((
                     row.get::<_, i64>(0)?,
-                    row.get::<_, i64>(3)? as u64,
                     VdiskState {
                         name: row.get(1)?,
                         pool: row.get(2)?,
-                        size: Size::from_sectors(row.get::<_, i64>(4)? as u64),
+                        size: Size::from_sectors(row.get::<_, i64>(3)? as u64),
                         allocated: Size::from_sectors(0),
                         expiry: expiry.parse().unwrap_or(Expiry::Never),
-                        created_at: from_unix(row.get(6)?),
-                        expires_at: row.get::<_, Option<i64>>(7)?.map(from_unix),
+                        created_at: from_unix(row.get(5)?),
+                        expires_at: row.get::<_, Option<i64>>(6)?.map(from_unix),
                         segments: 0,
                         extents: Vec::new(),
                     },
                 ))
             })
             .map_err(&error)?;
-        let mut vdisks: Vec<(i64, u64, VdiskState)> =
-            rows.collect::<Result<_, _>>().map_err(&error)?;
+        let mut vdisks: Vec<(i64, VdiskState)> = rows.collect::<Result<_, _>>().map_err(&error)?;
         let mut index: BTreeMap<i64, usize> = BTreeMap::new();
-        for (i, (id, _, _)) in vdisks.iter().enumerate() {
+        for (i, (id, _)) in vdisks.iter().enumerate() {
             index.insert(*id, i);
         }
         let mut statement = self
             .connection
             .prepare(&format!(
-                "SELECT e.vdisk_id, d.major, d.minor, e.idx, d.id
-                 FROM extents e JOIN vdisks v ON v.id = e.vdisk_id JOIN pool_devices d ON d.id = e.device_id
+                "SELECT e.vdisk_id, d.major, d.minor, e.idx, d.id, dp.extent_sectors
+                 FROM extents e JOIN vdisks v ON v.id = e.vdisk_id
+                 JOIN pool_devices d ON d.id = e.device_id JOIN pools dp ON dp.id = d.pool_id
                  WHERE {condition} ORDER BY e.vdisk_id, e.position"
             ))
             .map_err(&error)?;
@@ -221,10 +220,11 @@ impl StateDb {
             let device = DevNum::new(row.get(1).map_err(&error)?, row.get(2).map_err(&error)?);
             let idx = row.get::<_, i64>(3).map_err(&error)? as u64;
             let device_row: i64 = row.get(4).map_err(&error)?;
+            let extent_sectors = row.get::<_, i64>(5).map_err(&error)? as u64;
             let Some(&i) = index.get(&vdisk_id) else {
                 continue;
             };
-            let (_, extent_sectors, vdisk) = &mut vdisks[i];
+            let (_, vdisk) = &mut vdisks[i];
             let continues = last == Some((vdisk_id, device_row, idx.wrapping_sub(1)));
             if !continues {
                 vdisk.segments += 1;
@@ -232,51 +232,47 @@ impl StateDb {
             last = Some((vdisk_id, device_row, idx));
             vdisk.extents.push(SectorRange {
                 device,
-                start: idx * *extent_sectors,
-                sectors: *extent_sectors,
+                start: idx.saturating_mul(extent_sectors),
+                sectors: extent_sectors,
             });
+            vdisk.allocated =
+                Size::from_sectors(vdisk.allocated.sectors().saturating_add(extent_sectors));
         }
-        Ok(vdisks
-            .into_iter()
-            .map(|(_, extent_sectors, mut vdisk)| {
-                vdisk.allocated = Size::from_sectors(extent_sectors * vdisk.extents.len() as u64);
-                vdisk
-            })
-            .collect())
+        Ok(vdisks.into_iter().map(|(_, vdisk)| vdisk).collect())
     }
 
     /// A live vdisk's extents in order, as the ancestor's `vd_lookup` gave
     /// them: `(pool device, start sector in it, sectors)`.
     pub fn lookup(&self, name: &str, now: jiff::Timestamp) -> Result<Vec<SectorRange>, StateError> {
         let error = self.sqlite_error("looking up a vdisk");
-        let row: Option<(i64, i64)> = self
+        let row: Option<i64> = self
             .connection
             .query_row(
-                &format!(
-                    "SELECT v.id, p.extent_sectors FROM vdisks v JOIN pools p ON p.id = v.pool_id
-                     WHERE v.name = ?2 AND {LIVE}"
-                ),
+                &format!("SELECT v.id FROM vdisks v WHERE v.name = ?2 AND {LIVE}"),
                 params![to_unix(now), name],
-                |row| Ok((row.get(0)?, row.get(1)?)),
+                |row| row.get(0),
             )
             .optional()
             .map_err(&error)?;
-        let Some((id, extent_sectors)) = row else {
+        let Some(id) = row else {
             return Err(StateError::UnknownVdisk(name.to_owned()));
         };
+        // Each extent of its own device's pool's size, as `vdisks` reads them.
         let mut statement = self
             .connection
             .prepare(
-                "SELECT d.major, d.minor, e.idx FROM extents e JOIN pool_devices d ON d.id = e.device_id
+                "SELECT d.major, d.minor, e.idx, p.extent_sectors
+                 FROM extents e JOIN pool_devices d ON d.id = e.device_id JOIN pools p ON p.id = d.pool_id
                  WHERE e.vdisk_id = ?1 ORDER BY e.position",
             )
             .map_err(&error)?;
         let rows = statement
             .query_map(params![id], |row| {
+                let extent_sectors = row.get::<_, i64>(3)? as u64;
                 Ok(SectorRange {
                     device: DevNum::new(row.get(0)?, row.get(1)?),
-                    start: row.get::<_, i64>(2)? as u64 * extent_sectors as u64,
-                    sectors: extent_sectors as u64,
+                    start: (row.get::<_, i64>(2)? as u64).saturating_mul(extent_sectors),
+                    sectors: extent_sectors,
                 })
             })
             .map_err(&error)?;
@@ -309,17 +305,23 @@ impl StateDb {
             problems.push(format!("SQLite integrity check: {integrity}"));
         }
         let checks: &[(&str, &str)] = &[
+            // Each extent holds its own device's pool's extent size: a vdisk
+            // imported from the ancestor may span pools of different sizes.
             (
                 "live vdisks whose extents do not cover their size",
                 &format!(
-                    "SELECT v.name FROM vdisks v JOIN pools p ON p.id = v.pool_id WHERE {LIVE}
-                     AND (SELECT count(*) FROM extents e WHERE e.vdisk_id = v.id) * p.extent_sectors < v.size_sectors"
+                    "SELECT v.name FROM vdisks v WHERE {LIVE}
+                     AND (SELECT coalesce(sum(p.extent_sectors), 0) FROM extents e
+                          JOIN pool_devices d ON d.id = e.device_id JOIN pools p ON p.id = d.pool_id
+                          WHERE e.vdisk_id = v.id) < v.size_sectors"
                 ),
             ),
+            // A vdisk's pool is where its first extent lies (and where new
+            // extents come from; every write takes them from that pool only).
             (
-                "extents owned by a vdisk of another pool",
+                "vdisks whose first extent is not in their pool",
                 "SELECT v.name FROM extents e JOIN vdisks v ON v.id = e.vdisk_id
-                 JOIN pool_devices d ON d.id = e.device_id WHERE d.pool_id != v.pool_id",
+                 JOIN pool_devices d ON d.id = e.device_id WHERE e.position = 0 AND d.pool_id != v.pool_id",
             ),
             (
                 "vdisks whose extent positions have gaps",

@@ -170,6 +170,21 @@ impl Write<'_> {
             .map_err(self.error("reading a vdisk's last extent"))
     }
 
+    /// The sectors a vdisk's extents hold, each of its own device's pool's
+    /// extent size.
+    fn vdisk_held_sectors(&self, vdisk_id: i64) -> Result<u64, StateError> {
+        self.tx
+            .query_row(
+                "SELECT coalesce(sum(p.extent_sectors), 0) FROM extents e
+                 JOIN pool_devices d ON d.id = e.device_id JOIN pools p ON p.id = d.pool_id
+                 WHERE e.vdisk_id = ?1",
+                params![vdisk_id],
+                |row| row.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .map_err(self.error("reading a vdisk's extents"))
+    }
+
     fn vdisk_count_extents(&self, vdisk_id: i64) -> Result<u64, StateError> {
         self.tx
             .query_row(
@@ -407,7 +422,10 @@ impl StateDb {
                 return Err(StateError::UnknownPool(pool));
             };
             let have = w.vdisk_count_extents(vdisk_id)?;
-            let needed = size.sectors().div_ceil(extent_sectors).saturating_sub(have);
+            // What it holds, counted in sectors: an imported vdisk's extents
+            // may be of other pools' sizes than the one it grows from.
+            let held = w.vdisk_held_sectors(vdisk_id)?;
+            let needed = size.sectors().saturating_sub(held).div_ceil(extent_sectors);
             if needed > 0 {
                 w.allocate(
                     (name, vdisk_id),

@@ -5,6 +5,7 @@ INSERT INTO vdisk_part VALUES (2051, '/dev/sda3', 32768);
 INSERT INTO vdisks VALUES (0, 0, 1, '2004-03-01 10:00:00');
 INSERT INTO vdisks VALUES (1, 65536, 0, NULL);
 INSERT INTO vdisks VALUES (2, 32768, 0, NULL);
+INSERT INTO vdisks VALUES (3, 0, 0, NULL);
 INSERT INTO vdisk_extents VALUES (0, 1, 2051, 0);
 INSERT INTO vdisk_extents VALUES (1, 1, 2051, 1);
 INSERT INTO vdisk_extents VALUES (0, 2, 2051, 1);

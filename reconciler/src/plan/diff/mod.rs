@@ -319,7 +319,8 @@ impl Builder<'_> {
 
     fn grow(&mut self, existing: &VdiskState, size: Size) -> Result<(), PlanError> {
         let space = &self.spaces[&existing.pool];
-        let have = existing.extents.len() as u64 * space.extent_sectors;
+        // In sectors: an imported vdisk's extents may be of other pools' sizes.
+        let have: u64 = existing.extents.iter().map(|e| e.sectors).sum();
         let after = existing.extents.last().and_then(|last| {
             let id = space
                 .devices

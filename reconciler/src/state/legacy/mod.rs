@@ -6,6 +6,19 @@
 //! in 512-byte sectors, `part_id` a device number, vdisk 0 the free pool, and
 //! free space "the extents of expired vdisks". The whole legacy file is read
 //! and checked before anything is written, and the import is one transaction.
+//!
+//! The file is data: a SQLite 3 database is opened read-only, the text of a
+//! SQLite 2 `.dump` is loaded into a private scratch database by [`dump`],
+//! which lets through only the ancestor's own statements, and either is read
+//! under an authorizer that allows nothing but reading the three tables.
+//!
+//! The ancestor cut each partition into extents of that partition's size
+//! and handed out extents from all of them, so one vdisk may span
+//! partitions of different extent sizes. Partitions of one extent size form
+//! one pool (`legacy`, `legacy-2`, ...); a vdisk keeps its exact extents, in
+//! order, whichever pools they lie in, and its pool is its first extent's
+//! (where a grow takes more). A pool's extent size governs new allocations
+//! only.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -16,6 +29,10 @@ use rusqlite::{Connection, OpenFlags, params};
 use super::{StateDb, StateError, to_unix};
 use crate::desired::{Expiry, Size};
 use crate::extent::DevNum;
+
+mod dump;
+#[cfg(test)]
+mod tests;
 
 const SQLITE2_HEADER: &[u8] = b"** This file contains an SQLite 2";
 const SQLITE3_HEADER: &[u8] = b"SQLite format 3\0";
@@ -35,6 +52,29 @@ pub enum LegacyError {
     Sqlite2 { path: String },
     #[error("{path} is neither an SQLite 3 database nor the text of `sqlite .dump`: {detail}")]
     NotADatabase { path: String, detail: String },
+    #[error(
+        "{path}:{line}: `{statement}` is refused, nothing was imported: {reason}. The \
+         ancestor's dump holds only CREATE TABLE and INSERT INTO for its tables vdisks, \
+         vdisk_extents and vdisk_part, between BEGIN TRANSACTION and COMMIT: dump its database \
+         again (`sqlite xen_vdisks.sqlite .dump > xen_vdisks.sql`), or delete the statement from \
+         a copy of this dump and import the copy"
+    )]
+    Refused {
+        path: String,
+        line: usize,
+        statement: String,
+        reason: String,
+    },
+    #[error(
+        "{path}:{line}: `{statement}` does not run, nothing was imported: {detail}; repair it in \
+         a copy of the dump and import the copy"
+    )]
+    BadStatement {
+        path: String,
+        line: usize,
+        statement: String,
+        detail: String,
+    },
     #[error(
         "{path} does not have the ancestor's schema ({detail}); expected the tables \
          vdisks(vdisk_id, size, expires, expiry_time), \
@@ -57,8 +97,9 @@ pub enum LegacyError {
 pub struct ImportReport {
     /// `(pool name, extent size, device paths)`.
     pub pools: Vec<(String, Size, Vec<String>)>,
-    /// Live vdisks imported, as `vd-<id>`.
-    pub vdisks: Vec<String>,
+    /// Live vdisks imported, as `(vd-<id>, the pools its extents lie in)`:
+    /// its own pool first, then any other, in order of first use.
+    pub vdisks: Vec<(String, Vec<String>)>,
     /// Extents that became free space (free pool, expired and deleted vdisks).
     pub free_extents: u64,
 }
@@ -138,15 +179,36 @@ fn open_legacy(path: &Path, name: &str) -> Result<Connection, LegacyError> {
     };
     if bytes.starts_with(SQLITE3_HEADER) {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        return Connection::open_with_flags(path, flags).map_err(|e| not_a_database(e.to_string()));
+        let mut connection =
+            Connection::open_with_flags(path, flags).map_err(|e| not_a_database(e.to_string()))?;
+        dump::restrict_to_reading(&mut connection).map_err(|e| not_a_database(e.to_string()))?;
+        return Ok(connection);
     }
     let text =
         String::from_utf8(bytes).map_err(|_| not_a_database("the file is not text".to_owned()))?;
-    let connection = Connection::open_in_memory().map_err(|e| not_a_database(e.to_string()))?;
-    connection
-        .execute_batch(&text)
-        .map_err(|e| not_a_database(format!("the SQL does not run: {e}")))?;
-    Ok(connection)
+    load_dump(name, &text)
+}
+
+/// Loads `.dump` text into a scratch database; `name` is the file, for messages.
+fn load_dump(name: &str, text: &str) -> Result<Connection, LegacyError> {
+    dump::load(text).map_err(|error| {
+        let path = name.to_owned();
+        let (line, statement) = (error.line, error.statement);
+        match error.problem {
+            dump::Problem::Refused(reason) => LegacyError::Refused {
+                path,
+                line,
+                statement,
+                reason,
+            },
+            dump::Problem::Failed(detail) => LegacyError::BadStatement {
+                path,
+                line,
+                statement,
+                detail,
+            },
+        }
+    })
 }
 
 type Tables = (
@@ -327,7 +389,7 @@ fn check(
     let mut places: BTreeMap<(i64, u64), i64> = BTreeMap::new();
     let mut orders: BTreeSet<(i64, i64)> = BTreeSet::new();
     let mut held: BTreeMap<i64, u64> = BTreeMap::new();
-    let mut extent_sizes: BTreeMap<i64, BTreeSet<u64>> = BTreeMap::new();
+    let mut counts: BTreeMap<i64, usize> = BTreeMap::new();
     for extent in extents {
         let Some(partition) = partitions.get(&extent.part) else {
             problems.push(format!(
@@ -348,6 +410,14 @@ fn check(
                 extent.index, partition.path, extent.part, extent.vdisk
             ));
         }
+        let end =
+            (extent.index.checked_add(1)).and_then(|n| n.checked_mul(partition.extent_sectors));
+        if end.is_none_or(|end| end > i64::MAX as u64) {
+            problems.push(format!(
+                "extent {} of {} (part_id {}) ends past the last sector a disk can have",
+                extent.index, partition.path, extent.part
+            ));
+        }
         // Order matters only where a vdisk keeps its extents.
         let live = vdisks.get(&extent.vdisk).is_some_and(|v| v.live);
         if live && !orders.insert((extent.vdisk, extent.order)) {
@@ -356,22 +426,16 @@ fn check(
                 extent.vdisk, extent.order
             ));
         }
-        *held.entry(extent.vdisk).or_default() += partition.extent_sectors;
-        extent_sizes
-            .entry(extent.vdisk)
-            .or_default()
-            .insert(partition.extent_sectors);
+        // Saturating: a corrupt extent size must be reported, not overflow.
+        let sum = held.entry(extent.vdisk).or_default();
+        *sum = sum.saturating_add(partition.extent_sectors);
+        *counts.entry(extent.vdisk).or_default() += 1;
     }
     for (id, vdisk) in vdisks.iter().filter(|(_, v)| v.live) {
-        // A xendisk pool has one extent size, and a vdisk is in one pool.
-        match extent_sizes.get(id).map(BTreeSet::len) {
-            None => problems.push(format!("live vdisk {id} has no extents")),
-            Some(1) => {}
-            Some(_) => problems.push(format!(
-                "live vdisk {id} has extents of different sizes ({:?} sectors); a xendisk vdisk lies in one \
-                 pool of one extent size",
-                extent_sizes[id]
-            )),
+        // Its extents may be of different sizes (partitions formatted
+        // with different extent sizes): only their sum must hold it.
+        if !counts.contains_key(id) {
+            problems.push(format!("live vdisk {id} has no extents"));
         }
         let covered = held.get(id).copied().unwrap_or(0);
         if covered < vdisk.size {
@@ -405,27 +469,53 @@ fn write(
             sizes.push(partition.extent_sectors);
         }
     }
-    let pool_name = |extent_sectors: u64| {
-        let n = sizes.iter().position(|s| *s == extent_sectors).unwrap_or(0);
-        if n == 0 {
-            "legacy".to_owned()
-        } else {
-            format!("legacy-{}", n + 1)
+    let pool_of = |part: i64| {
+        let extent_sectors = partitions.get(&part).map(|p| p.extent_sectors);
+        sizes.iter().position(|s| Some(*s) == extent_sectors)
+    };
+    let mut ordered: Vec<&LegacyExtent> = extents.iter().collect();
+    ordered.sort_by_key(|e| (e.vdisk, e.order));
+    // The pools each live vdisk's extents lie in, in order of first use: its
+    // own is its first extent's.
+    let mut spans: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
+    for extent in ordered
+        .iter()
+        .filter(|e| vdisks.get(&e.vdisk).is_some_and(|v| v.live))
+    {
+        let pools = spans.entry(extent.vdisk).or_default();
+        if let Some(pool) = pool_of(extent.part).filter(|p| !pools.contains(p)) {
+            pools.push(pool);
         }
+    }
+    let pool_names: Vec<String> = (0..sizes.len())
+        .map(|n| {
+            if n == 0 {
+                "legacy".to_owned()
+            } else {
+                format!("legacy-{}", n + 1)
+            }
+        })
+        .collect();
+    // `check` made sure every extent's partition and vdisk are listed; an
+    // inconsistency here is refused, not a panic.
+    let label = target.label().to_owned();
+    let unlisted = |what: String| StateError::Inconsistent {
+        path: label.clone(),
+        problems: format!("the legacy file's rows do not match up: {what}"),
     };
     let report = target.write(now, "importing a legacy database", |w| {
         let error = w.error("importing a legacy database");
         let mut report = ImportReport { pools: Vec::new(), vdisks: Vec::new(), free_extents: 0 };
-        let mut pool_ids = BTreeMap::new();
-        for &extent_sectors in &sizes {
-            let name = pool_name(extent_sectors);
+        let mut pool_ids = Vec::new();
+        for (name, &extent_sectors) in pool_names.iter().zip(&sizes) {
             w.tx.execute("INSERT INTO pools (name, extent_sectors) VALUES (?1, ?2)", params![name, extent_sectors as i64])
                 .map_err(&error)?;
-            pool_ids.insert(extent_sectors, w.tx.last_insert_rowid());
-            report.pools.push((name, Size::from_sectors(extent_sectors), Vec::new()));
+            pool_ids.push(w.tx.last_insert_rowid());
+            report.pools.push((name.clone(), Size::from_sectors(extent_sectors), Vec::new()));
         }
         let mut device_ids = BTreeMap::new();
         for (part, partition) in partitions {
+            let pool = pool_of(*part).ok_or_else(|| unlisted(format!("part_id {part}")))?;
             let highest = extents.iter().filter(|e| e.part == *part).map(|e| e.index + 1).max().unwrap_or(0);
             let device = DevNum::from_rdev(*part as u64);
             // The partition's real size and place on its disk are not in
@@ -433,26 +523,23 @@ fn write(
             w.tx.execute(
                 "INSERT INTO pool_devices (pool_id, path, major, minor, sectors, added_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![
-                    pool_ids[&partition.extent_sectors],
+                    pool_ids[pool],
                     partition.path,
                     device.major,
                     device.minor,
-                    (highest * partition.extent_sectors) as i64,
+                    // `check` bounded every extent's end by i64::MAX.
+                    highest.saturating_mul(partition.extent_sectors) as i64,
                     w.now
                 ],
             )
             .map_err(&error)?;
             device_ids.insert(*part, w.tx.last_insert_rowid());
-            if let Some(pool) = report.pools.iter_mut().find(|p| p.1.sectors() == partition.extent_sectors) {
-                pool.2.push(partition.path.clone());
-            }
+            report.pools[pool].2.push(partition.path.clone());
         }
         let mut vdisk_ids = BTreeMap::new();
         for (id, vdisk) in vdisks.iter().filter(|(_, v)| v.live) {
-            // `check` made sure every live vdisk has extents, all of one size.
-            let Some(pool) = extents.iter().find(|e| e.vdisk == *id).map(|e| partitions[&e.part].extent_sectors)
-            else {
-                continue;
+            let Some(pools) = spans.get(id).filter(|p| !p.is_empty()) else {
+                return Err(unlisted(format!("vdisk {id} has no extents")));
             };
             let name = format!("vd-{id}");
             let expires_at = match vdisk.expiry {
@@ -461,21 +548,19 @@ fn write(
             };
             w.tx.execute(
                 "INSERT INTO vdisks (name, pool_id, size_sectors, expiry, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![name, pool_ids[&pool], vdisk.size.max(1) as i64, vdisk.expiry.to_string(), w.now, expires_at],
+                params![name, pool_ids[pools[0]], vdisk.size.clamp(1, i64::MAX as u64) as i64, vdisk.expiry.to_string(), w.now, expires_at],
             )
             .map_err(&error)?;
             vdisk_ids.insert(*id, w.tx.last_insert_rowid());
-            report.vdisks.push(name);
+            report.vdisks.push((name, pools.iter().map(|p| pool_names[*p].clone()).collect()));
         }
-        let mut ordered: Vec<&LegacyExtent> = extents.iter().collect();
-        ordered.sort_by_key(|e| (e.vdisk, e.order));
         let mut position: BTreeMap<i64, i64> = BTreeMap::new();
         let mut insert = w
             .tx
             .prepare("INSERT INTO extents (device_id, idx, vdisk_id, position, dirty) VALUES (?1, ?2, ?3, ?4, ?5)")
             .map_err(&error)?;
         for extent in ordered {
-            let device_id = device_ids[&extent.part];
+            let device_id = device_ids.get(&extent.part).ok_or_else(|| unlisted(format!("part_id {}", extent.part)))?;
             match vdisk_ids.get(&extent.vdisk) {
                 Some(vdisk_id) => {
                     let next = position.entry(*vdisk_id).or_insert(0);
