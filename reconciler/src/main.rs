@@ -18,13 +18,13 @@ struct Cli {
     /// The state DB [env: XENDISK_STATE] [default: /var/lib/xendisk/state.sqlite]
     #[arg(long, global = true, value_name = "PATH")]
     state: Option<PathBuf>,
-    /// Work on a simulated host kept in DIR (its xenstore.xs, proc/ and sys/; see examples/hosts/demo)
+    /// Work on a simulated host kept in DIR (its xenstore.xs, etc/machine-id, proc/ and sys/; see examples/hosts/demo)
     #[arg(long, global = true, value_name = "DIR")]
     sim: Option<PathBuf>,
     /// Use this snapshot (`xendisk snapshot`) instead of observing the live host
     #[arg(long, global = true, value_name = "FILE")]
     snapshot: Option<PathBuf>,
-    /// Read /proc, /sys and /dev under this directory instead of /
+    /// Read /proc, /sys, /dev and /etc/machine-id under this directory instead of /
     #[arg(long, global = true, value_name = "DIR", default_value = "/")]
     host_root: PathBuf,
     /// Log what xendisk does (debug level), on standard error
