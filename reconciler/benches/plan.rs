@@ -50,7 +50,11 @@ fn generate(scale: &Scale, dir: &Path) {
     // place a million extents one vdisk at a time, and the layout is the
     // one it would choose anyway (one run per vdisk, devices in order).
     let path = dir.join("state.sqlite");
-    drop(StateDb::open(&path).unwrap());
+    let host = xendisk::state::HostId {
+        machine_id: "0123456789abcdef0123456789abcdef".to_owned(),
+        source: "/etc/machine-id".to_owned(),
+    };
+    drop(StateDb::create(&path, &host, jiff::Timestamp::UNIX_EPOCH).unwrap());
     let mut db = rusqlite::Connection::open(&path).unwrap();
     let tx = db.transaction().unwrap();
     tx.execute(
@@ -200,7 +204,7 @@ fn generate(scale: &Scale, dir: &Path) {
     std::fs::write(dir.join("desired.toml"), desired).unwrap();
     std::fs::write(
         dir.join("host.json"),
-        snapshot::to_json(&host, jiff::Timestamp::UNIX_EPOCH),
+        snapshot::to_json(&host, None, jiff::Timestamp::UNIX_EPOCH),
     )
     .unwrap();
 }

@@ -18,13 +18,13 @@ struct Cli {
     /// The state DB [env: XENDISK_STATE] [default: /var/lib/xendisk/state.sqlite]
     #[arg(long, global = true, value_name = "PATH")]
     state: Option<PathBuf>,
-    /// Work on a simulated host kept in DIR (its xenstore.xs, proc/ and sys/; see examples/hosts/demo)
+    /// Work on a simulated host kept in DIR (its xenstore.xs, etc/machine-id, proc/ and sys/; see examples/hosts/demo)
     #[arg(long, global = true, value_name = "DIR")]
     sim: Option<PathBuf>,
     /// Use this snapshot (`xendisk snapshot`) instead of observing the live host
     #[arg(long, global = true, value_name = "FILE")]
     snapshot: Option<PathBuf>,
-    /// Read /proc, /sys and /dev under this directory instead of /
+    /// Read /proc, /sys, /dev and /etc/machine-id under this directory instead of /
     #[arg(long, global = true, value_name = "DIR", default_value = "/")]
     host_root: PathBuf,
     /// Log what xendisk does (debug level), on standard error
@@ -36,6 +36,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Create the state DB for this host (its machine id recorded), before the first plan or apply.
+    Init {
+        /// Record this host in a state DB that belongs to another: for a dom0 reinstalled on the same disks, whose machine id changed.
+        #[arg(long)]
+        replace_host: bool,
+    },
     /// Check desired-state files and report every problem with its location.
     Validate {
         /// Desired-state TOML files.
@@ -79,6 +85,9 @@ enum Command {
     Plan {
         /// The desired-state file.
         file: PathBuf,
+        /// The host is new to xendisk: plan without a state DB (refused if the host shows xendisk's traces).
+        #[arg(long)]
+        new_host: bool,
         /// Allow deleting vdisks, which destroys their data.
         #[arg(long)]
         allow_destroy: bool,
@@ -122,6 +131,9 @@ enum Command {
     Graph {
         /// The desired-state file.
         file: PathBuf,
+        /// The host is new to xendisk: plan without a state DB (refused if the host shows xendisk's traces).
+        #[arg(long)]
+        new_host: bool,
         /// Allow deleting vdisks, which destroys their data.
         #[arg(long)]
         allow_destroy: bool,
@@ -130,9 +142,15 @@ enum Command {
     Diff {
         /// The desired-state file.
         file: PathBuf,
+        /// The host is new to xendisk: plan without a state DB (refused if the host shows xendisk's traces).
+        #[arg(long)]
+        new_host: bool,
     },
     /// Write the actual state as a desired-state file, to adopt a running host.
     Generate {
+        /// The host is new to xendisk: adopt it without a state DB (refused if the host shows xendisk's traces).
+        #[arg(long)]
+        new_host: bool,
         /// Where to write it; standard output when absent.
         #[arg(long, short, value_name = "FILE")]
         output: Option<PathBuf>,
@@ -213,13 +231,30 @@ fn run(mut cli: Cli, console: &mut Console<'_>) -> anyhow::Result<Exit> {
         Some(dir) => {
             // Before any thread starts: the xenstore clients read it.
             unsafe { std::env::set_var("XENSTORED_PATH", ops::SimulatedHost::socket(&dir)) };
-            if cli.state.is_none() && std::env::var_os("XENDISK_STATE").is_none() {
+            // Its own state DB, unless one is named: that one is made only
+            // by `init`, as on a real host.
+            let own_state = cli.state.is_none() && std::env::var_os("XENDISK_STATE").is_none();
+            if own_state {
                 cli.state = Some(ops::SimulatedHost::state(&dir));
             }
             if cli.host_root == std::path::Path::new("/") {
                 cli.host_root = dir.clone();
             }
-            Some(ops::SimulatedHost::start(&dir)?)
+            let host = ops::SimulatedHost::start(&dir, console.err)?;
+            if own_state && !matches!(cli.command, Command::Init { .. }) {
+                match host.initialise_state(now()?, console) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(exit)) => {
+                        host.finish()?;
+                        return Ok(exit);
+                    }
+                    Err(error) => {
+                        host.finish()?;
+                        return Err(error);
+                    }
+                }
+            }
+            Some(host)
         }
     };
     let exit = run_command(cli, simulated.is_some(), console);
@@ -231,15 +266,32 @@ fn run(mut cli: Cli, console: &mut Console<'_>) -> anyhow::Result<Exit> {
 
 fn run_command(cli: Cli, simulated: bool, console: &mut Console<'_>) -> anyhow::Result<Exit> {
     let state = state::resolve_path(cli.state);
-    let actual = || -> anyhow::Result<ops::ActualSource> {
+    let actual = |new_host| -> anyhow::Result<ops::ActualSource> {
         Ok(ops::ActualSource {
             state: state.clone(),
             snapshot: cli.snapshot.clone(),
             host_root: cli.host_root.clone(),
+            new_host,
             now: now()?,
         })
     };
     Ok(match cli.command {
+        Command::Init { replace_host } => {
+            if cli.snapshot.is_some() {
+                anyhow::bail!(
+                    "init records the host it runs on; it cannot work from a snapshot (drop --snapshot)"
+                );
+            }
+            ops::init(
+                &ops::InitOptions {
+                    state,
+                    host_root: cli.host_root,
+                    replace_host,
+                    now: now()?,
+                },
+                console,
+            )?
+        }
         Command::Validate { files } => ops::validate(
             &ops::ValidateOptions {
                 files,
@@ -270,6 +322,7 @@ fn run_command(cli: Cli, simulated: bool, console: &mut Console<'_>) -> anyhow::
         )?,
         Command::Plan {
             file,
+            new_host,
             allow_destroy,
             json,
             output,
@@ -277,7 +330,7 @@ fn run_command(cli: Cli, simulated: bool, console: &mut Console<'_>) -> anyhow::
             let colour = colour_on(&std::io::stdout());
             let options = ops::PlanOptions {
                 file,
-                actual: actual()?,
+                actual: actual(new_host)?,
                 allow_destroy,
                 json,
                 output,
@@ -300,7 +353,7 @@ fn run_command(cli: Cli, simulated: bool, console: &mut Console<'_>) -> anyhow::
             let colour = colour_on(&std::io::stdout());
             let options = ops::ApplyOptions {
                 file,
-                actual: actual()?,
+                actual: actual(false)?,
                 yes,
                 allow_destroy,
                 lock_timeout: Duration::from_secs(lock_timeout),
@@ -320,25 +373,26 @@ fn run_command(cli: Cli, simulated: bool, console: &mut Console<'_>) -> anyhow::
         }
         Command::Graph {
             file,
+            new_host,
             allow_destroy,
         } => ops::graph(
             &ops::GraphOptions {
                 file,
-                actual: actual()?,
+                actual: actual(new_host)?,
                 allow_destroy,
             },
             console,
         )?,
-        Command::Diff { file } => ops::diff(
+        Command::Diff { file, new_host } => ops::diff(
             &ops::DiffOptions {
                 file,
-                actual: actual()?,
+                actual: actual(new_host)?,
             },
             console,
         )?,
-        Command::Generate { output } => ops::generate(
+        Command::Generate { new_host, output } => ops::generate(
             &ops::GenerateOptions {
-                actual: actual()?,
+                actual: actual(new_host)?,
                 output,
             },
             console,
@@ -371,6 +425,7 @@ fn run_command(cli: Cli, simulated: bool, console: &mut Console<'_>) -> anyhow::
             &ops::ImportOptions {
                 state,
                 legacy,
+                host_root: cli.host_root,
                 now: now()?,
             },
             console,

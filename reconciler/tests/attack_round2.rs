@@ -81,7 +81,11 @@ impl Host {
         command
     }
 
+    /// A `xendisk` command; the state DB is made by `init` before the first.
     fn run(&self, args: &[&str]) -> Output {
+        if args.first() != Some(&"init") && !self.path("state.sqlite").exists() {
+            assert_exit(&self.run(&["init"]), 0);
+        }
         self.command(args).output().unwrap()
     }
 
@@ -1103,6 +1107,12 @@ impl Tree {
         std::fs::create_dir_all(root.join("sys/class/block")).unwrap();
         std::fs::create_dir_all(root.join("proc")).unwrap();
         std::fs::write(root.join("proc/mounts"), "").unwrap();
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(
+            root.join("etc/machine-id"),
+            "5a1e0d7c4a9b4f0e8d2c6b3a1f0e9d8c\n",
+        )
+        .unwrap();
         std::fs::write(
             root.join("proc/swaps"),
             "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n",

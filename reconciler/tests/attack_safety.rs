@@ -72,7 +72,11 @@ impl Host {
         path.to_str().unwrap().to_owned()
     }
 
+    /// A `xendisk` command; the state DB is made by `init` before the first.
     fn run(&self, args: &[&str]) -> Output {
+        if args.first() != Some(&"init") && !self.path("state.sqlite").exists() {
+            assert_exit(&self.run(&["init"]), 0);
+        }
         Command::new(env!("CARGO_BIN_EXE_xendisk"))
             .args(args)
             .arg("--state")

@@ -14,7 +14,13 @@
 //! `add-pool-device POOL EXTENT PATH MAJOR:MINOR SECTORS [DISK START]`
 //! (with its place on its whole disk `DISK`, as MAJOR:MINOR, when given),
 //! `create-vdisk NAME POOL SIZE EXPIRY [TIME]`, `delete-vdisk NAME [TIME]`);
-//! every command gets it as `XENDISK_STATE`. With several commands, each one's output is
+//! every command gets it as `XENDISK_STATE`. That state DB is made as `xendisk init`
+//! makes it, for the host whose tree the commands name with `--host-root`
+//! (`tests/golden/hosts/plan-host` when none): it records the machine id
+//! in that tree's `etc/machine-id` (plan-host's when the tree has none,
+//! as a snapshot's captured tree), or the one a `state.host` file gives
+//! (a DB of another host). Commands that name a `--state` of their own get
+//! none (a missing DB is theirs to test). With several commands, each one's output is
 //! headed by `$ xendisk ARGS` and `exit-code` has a line per command.
 //! A mismatch prints a unified diff; `XENDISK_BLESS=1 cargo test --test golden`
 //! rewrites the expected files after a deliberate change.
@@ -51,8 +57,30 @@ fn run_commands(dir: &Path, commands: &[&str]) -> Outcome {
     copy_dir(dir, scratch.path());
     let socket = scratch.path().join("xenstored.socket");
     let state = scratch.path().join("state.sqlite");
-    if let Ok(ops) = fs::read_to_string(dir.join("state.ops")) {
-        build_state(&state, &ops);
+    let repo = fs::canonicalize(Path::new(env!("CARGO_MANIFEST_DIR")).join("..")).unwrap();
+    let repo = repo.to_string_lossy();
+    let words: Vec<Vec<String>> = commands
+        .iter()
+        .map(|line| shell_words::split(&line.replace("$REPO", &repo)).expect("cmd is shell-quoted"))
+        .collect();
+    if !words.iter().flatten().any(|word| word == "--state") {
+        let host_root = words
+            .iter()
+            .flat_map(|args| args.windows(2))
+            .find(|pair| pair[0] == "--host-root")
+            .map(|pair| scratch.path().join(&pair[1]))
+            .unwrap_or_else(|| golden_root().join("hosts/plan-host"));
+        let host = match fs::read_to_string(dir.join("state.host")) {
+            Ok(text) => xendisk::state::HostId {
+                machine_id: text.trim().to_owned(),
+                source: "/etc/machine-id".to_owned(),
+            },
+            Err(_) => xendisk::state::HostId::read(&host_root)
+                .or_else(|_| xendisk::state::HostId::read(&golden_root().join("hosts/plan-host")))
+                .expect("plan-host has a machine id"),
+        };
+        let ops = fs::read_to_string(dir.join("state.ops")).unwrap_or_default();
+        build_state(&state, &host, &ops);
     }
     let _simulator = fs::read_to_string(dir.join("xenstore.dump"))
         .ok()
@@ -66,12 +94,9 @@ fn run_commands(dir: &Path, commands: &[&str]) -> Outcome {
         stderr: String::new(),
         exit_code: String::new(),
     };
-    let repo = fs::canonicalize(Path::new(env!("CARGO_MANIFEST_DIR")).join("..")).unwrap();
-    let repo = repo.to_string_lossy();
-    for line in commands {
-        let args = shell_words::split(&line.replace("$REPO", &repo)).expect("cmd is shell-quoted");
+    for (line, args) in commands.iter().zip(&words) {
         let output = Command::new(env!("CARGO_BIN_EXE_xendisk"))
-            .args(&args)
+            .args(args)
             .current_dir(scratch.path())
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -127,16 +152,16 @@ fn mask_seconds(text: &str) -> String {
     out
 }
 
-/// Replays `state.ops` into a new state DB at `path`.
-fn build_state(path: &Path, ops: &str) {
+/// Replays `state.ops` into a new state DB at `path` belonging to `host`.
+fn build_state(path: &Path, host: &xendisk::state::HostId, ops: &str) {
     use xendisk::desired::{Expiry, Size};
     use xendisk::state::{DeviceGeometry, DiskPlace, StateDb};
-    let mut db = StateDb::open(path).expect("a scratch state DB");
     let time = |text: Option<&&str>| {
         text.unwrap_or(&"2026-01-01T00:00:00Z")
             .parse::<jiff::Timestamp>()
             .unwrap()
     };
+    let mut db = StateDb::create(path, host, time(None)).expect("a scratch state DB");
     for line in ops
         .lines()
         .map(str::trim)
@@ -284,6 +309,18 @@ fn every_host_fixture_is_adopted_without_changes() {
         (
             "plan-two-backends-at-one-device-id",
             "two backends at one device id: a file declares one disk per vdev",
+        ),
+        (
+            "plan-state-db-missing-on-a-host-with-traces",
+            "xendisk's traces and a state DB that records no vdisk: refused until the DB is restored",
+        ),
+        (
+            "plan-state-db-empty-on-a-host-with-traces",
+            "xendisk's traces and a state DB that records no vdisk: refused until the DB is restored",
+        ),
+        (
+            "plan-state-db-of-another-host",
+            "its state DB belongs to another host: refused",
         ),
         (
             "plan-backend-being-detached",

@@ -8,8 +8,11 @@ use serde::{Deserialize, Serialize};
 
 use super::HostState;
 
-/// The snapshot format this build reads and writes.
-pub const FORMAT_VERSION: u32 = 2;
+/// The snapshot format this build writes. Version 3 added `machine_id`.
+pub const FORMAT_VERSION: u32 = 3;
+
+/// The oldest format this build still reads (it lacks only `machine_id`).
+const OLDEST_READ: u32 = 2;
 
 /// A snapshot file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -20,6 +23,11 @@ pub struct Snapshot {
     pub format_version: u32,
     /// When it was taken.
     pub taken_at: String,
+    /// The host's machine id (machine-id(5)), which an offline plan checks
+    /// against the host its state DB belongs to; absent where the host had
+    /// none, and in version 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine_id: Option<String>,
     /// What was observed.
     pub host: HostState,
 }
@@ -37,17 +45,18 @@ pub enum SnapshotError {
         source: serde_json::Error,
     },
     #[error(
-        "snapshot {path} has format version {found}; this xendisk reads version {FORMAT_VERSION}: \
-         take it again with this xendisk"
+        "snapshot {path} has format version {found}; this xendisk reads versions {OLDEST_READ} \
+         to {FORMAT_VERSION}: take it again with this xendisk"
     )]
     Version { path: String, found: u32 },
 }
 
 /// The snapshot as JSON text, ending with a newline.
-pub fn to_json(host: &HostState, taken_at: jiff::Timestamp) -> String {
+pub fn to_json(host: &HostState, machine_id: Option<&str>, taken_at: jiff::Timestamp) -> String {
     let snapshot = Snapshot {
         format_version: FORMAT_VERSION,
         taken_at: taken_at.to_string(),
+        machine_id: machine_id.map(str::to_owned),
         host: host.clone(),
     };
     let mut text = serde_json::to_string_pretty(&snapshot).expect("a snapshot always serialises");
@@ -57,15 +66,26 @@ pub fn to_json(host: &HostState, taken_at: jiff::Timestamp) -> String {
 
 /// Reads a snapshot file back into the host state it captured.
 pub fn load(path: &Path) -> Result<HostState, SnapshotError> {
+    load_snapshot(path).map(|snapshot| snapshot.host)
+}
+
+/// Reads a whole snapshot file.
+pub fn load_snapshot(path: &Path) -> Result<Snapshot, SnapshotError> {
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| SnapshotError::Read {
         path: name.clone(),
         source,
     })?;
-    from_json(&name, &text)
+    parse(&name, &text)
 }
 
+/// The host state a snapshot's text captured; `name` is for messages.
 pub fn from_json(name: &str, text: &str) -> Result<HostState, SnapshotError> {
+    parse(name, text).map(|snapshot| snapshot.host)
+}
+
+/// A snapshot's text; `name` is for messages.
+pub fn parse(name: &str, text: &str) -> Result<Snapshot, SnapshotError> {
     #[derive(Deserialize)]
     struct Version {
         format_version: u32,
@@ -74,16 +94,14 @@ pub fn from_json(name: &str, text: &str) -> Result<HostState, SnapshotError> {
         path: name.to_owned(),
         source,
     })?;
-    if version.format_version != FORMAT_VERSION {
+    if !(OLDEST_READ..=FORMAT_VERSION).contains(&version.format_version) {
         return Err(SnapshotError::Version {
             path: name.to_owned(),
             found: version.format_version,
         });
     }
-    let snapshot: Snapshot =
-        serde_json::from_str(text).map_err(|source| SnapshotError::Invalid {
-            path: name.to_owned(),
-            source,
-        })?;
-    Ok(snapshot.host)
+    serde_json::from_str(text).map_err(|source| SnapshotError::Invalid {
+        path: name.to_owned(),
+        source,
+    })
 }

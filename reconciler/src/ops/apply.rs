@@ -45,20 +45,30 @@ pub fn apply(options: &ApplyOptions, console: &mut Console<'_>) -> anyhow::Resul
             "apply changes the live host; it cannot work from a snapshot (drop --snapshot)"
         );
     }
+    // A missing DB: say why nothing can be applied (traces on the host, or
+    // `xendisk init`) before anything is made beside it, even a lock file.
+    if !super::state_db::exists(&options.actual.state)?
+        && let Err(exit) = actual(&options.actual, console)?
+    {
+        return Ok(exit);
+    }
     let _lock = lock::acquire(&options.actual.state, options.lock_timeout, console.err)?;
     let text = std::fs::read_to_string(&options.file)
         .with_context(|| format!("cannot read {}", options.file.display()))?;
-    if options.actual.state.exists() {
-        let closed =
-            StateDb::open(&options.actual.state)?.close_interrupted_runs(options_now(options))?;
-        if closed > 0 {
-            writeln!(
-                console.err,
-                "An earlier apply was interrupted; this one finishes its work."
-            )?;
-        }
+    // The DB is checked (its host, the traces it must account for) before
+    // anything writes to it.
+    let (state, host) = match actual(&options.actual, console)? {
+        Ok(actual) => actual,
+        Err(exit) => return Ok(exit),
+    };
+    let closed =
+        StateDb::open(&options.actual.state)?.close_interrupted_runs(options_now(options))?;
+    if closed > 0 {
+        writeln!(
+            console.err,
+            "An earlier apply was interrupted; this one finishes its work."
+        )?;
     }
-    let (state, host) = actual(&options.actual)?;
     let fingerprint = crate::plan::fingerprint(&state, &host);
     // The desired state (the file's, or the one a saved plan carries): a
     // fresh plan against it after the apply must find nothing left to do.
@@ -179,7 +189,10 @@ pub fn apply(options: &ApplyOptions, console: &mut Console<'_>) -> anyhow::Resul
                 .collect();
             writeln!(console.out, "By kind: {}.", phases.join(", "))?;
             // Observe again: what was applied must now be what is.
-            let (state, host) = actual(&options.actual)?;
+            let (state, host) = match actual(&options.actual, console)? {
+                Ok(actual) => actual,
+                Err(exit) => return Ok(exit),
+            };
             let again = plan_for(
                 &desired,
                 (&state, &host),

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use super::{Console, Exit, count};
+use super::{Console, Exit, count, state_db};
 use crate::state::{self, StateDb};
 
 /// `xendisk import --legacy PATH`
@@ -13,15 +13,36 @@ use crate::state::{self, StateDb};
 pub struct ImportOptions {
     pub state: PathBuf,
     pub legacy: PathBuf,
+    /// Where the host's machine id is read, for the DB to record.
+    pub host_root: PathBuf,
     pub now: jiff::Timestamp,
 }
 
-/// Adopts the ancestor's database into a new, empty state DB.
+/// Adopts the ancestor's database into a new state DB for this host (made
+/// here: importing is as deliberate as `init`), or into an empty one that
+/// `init` made for it.
 pub fn import(options: &ImportOptions, console: &mut Console<'_>) -> anyhow::Result<Exit> {
     // The legacy file is read and checked before the state DB is touched.
     let legacy = state::read_legacy(&options.legacy, options.now)?;
-    let mut db = StateDb::open(&options.state)?;
+    let host = state::HostId::read(&options.host_root)?;
+    let mut db = if state_db::exists(&options.state)? {
+        let recorded = StateDb::open_read_only(&options.state)?.host()?;
+        if let Some(record) = recorded.filter(|r| r.machine_id != host.machine_id) {
+            let refusal = state::StateError::OtherHost {
+                path: options.state.display().to_string(),
+                recorded: record.machine_id,
+                this: host.machine_id,
+            };
+            writeln!(console.err, "error: {refusal}")?;
+            return Ok(Exit::Refused);
+        }
+        StateDb::open(&options.state)?
+    } else {
+        StateDb::create(&options.state, &host, options.now)?
+    };
     let report = state::import_legacy(&mut db, &legacy, options.now)?;
+    // A DB made before `init` existed: it is this host's now.
+    db.record_host(&host, false, options.now)?;
     for (name, extent_size, devices) in &report.pools {
         writeln!(
             console.out,

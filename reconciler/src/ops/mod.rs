@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::desired::{self, Capacities, LoadError, Size};
+use crate::state;
 use anyhow::Context;
 
 use crate::observe;
@@ -16,10 +17,17 @@ use crate::render;
 
 mod apply;
 mod import;
+mod init;
 mod plan;
+mod simulated;
+mod state_db;
+pub mod traces;
 
 pub use apply::{ApplyOptions, apply};
 pub use import::{ImportOptions, import};
+pub use init::{InitOptions, init};
+pub use simulated::SimulatedHost;
+pub use traces::traces;
 
 use crate::sim;
 use crate::state::StateDb;
@@ -54,7 +62,7 @@ pub struct Console<'a> {
 pub struct ValidateOptions {
     pub files: Vec<PathBuf>,
     /// The state DB, whose recorded pool devices give capacities to check
-    /// vdisk sizes against; a missing DB knows none.
+    /// vdisk sizes against; a missing DB knows none (validation needs no host).
     pub state: PathBuf,
     pub now: jiff::Timestamp,
 }
@@ -94,8 +102,13 @@ pub(crate) fn capacities(state: &crate::state::StateSnapshot) -> Capacities {
 
 /// Validates each file and reports every problem of every file.
 pub fn validate(options: &ValidateOptions, console: &mut Console<'_>) -> anyhow::Result<Exit> {
-    let snapshot = StateDb::open_read_only(&options.state)?.snapshot(options.now)?;
-    let capacities = capacities(&snapshot);
+    // Without a state DB (a CI job checking files) no pool's capacity is
+    // known; sizes are then checked by `plan`, which needs the DB.
+    let capacities = if state_db::exists(&options.state)? {
+        capacities(&StateDb::open_read_only(&options.state)?.snapshot(options.now)?)
+    } else {
+        Capacities::default()
+    };
     let mut exit = Exit::Success;
     for file in &options.files {
         match desired::load(file, &capacities) {
@@ -233,7 +246,19 @@ pub fn snapshot(options: &SnapshotOptions, console: &mut Console<'_>) -> anyhow:
     let host = observe::observe(&observe::ObserveOptions {
         host_root: options.host_root.clone(),
     })?;
-    let text = observe::snapshot::to_json(&host, options.now);
+    // The machine id lets an offline plan check the state DB it is given.
+    let machine_id = match state::HostId::read(&options.host_root) {
+        Ok(id) => Some(id.machine_id),
+        Err(error) => {
+            writeln!(
+                console.err,
+                "warning: the snapshot will not say which host it is, so no state DB can be \
+                 checked against it: {error}"
+            )?;
+            None
+        }
+    };
+    let text = observe::snapshot::to_json(&host, machine_id.as_deref(), options.now);
     match &options.output {
         None => console.out.write_all(text.as_bytes())?,
         Some(path) => {
@@ -286,6 +311,17 @@ pub fn state(options: &StateOptions, console: &mut Console<'_>) -> anyhow::Resul
     if options.json {
         render::state_json(&snapshot, console.out)?;
     } else {
+        match db.host()? {
+            Some(host) => writeln!(
+                console.out,
+                "Host {} (from its {}, recorded at {}).\n",
+                host.machine_id, host.source, host.recorded_at
+            )?,
+            None => writeln!(
+                console.out,
+                "Host not recorded: record it with `xendisk init` on the host this DB is for.\n"
+            )?,
+        }
         render::state_text(&snapshot, console.out)?;
     }
     if options.check {
@@ -333,77 +369,4 @@ pub fn sim(options: &SimOptions, console: &mut Console<'_>) -> anyhow::Result<Ex
     )?;
     simulator.wait()?;
     Ok(Exit::Success)
-}
-
-/// A simulated host kept in a directory, for `--sim DIR`: DIR holds the
-/// host's xenstore (`xenstore.xs`, either `xenstore-ls` form) and captured
-/// dom0 (`proc/`, `sys/`); what commands change is kept in `DIR/.sim/` (the
-/// xenstore, written back after each command, and the state DB), so that an
-/// apply is followed by a plan that sees it.
-pub struct SimulatedHost {
-    simulator: Option<sim::Simulator>,
-    kept: PathBuf,
-}
-
-impl SimulatedHost {
-    /// Where the simulated host's own files go.
-    pub fn workspace(dir: &std::path::Path) -> PathBuf {
-        dir.join(".sim")
-    }
-
-    /// The socket its xenstored listens on (set XENSTORED_PATH to it first).
-    pub fn socket(dir: &std::path::Path) -> PathBuf {
-        SimulatedHost::workspace(dir).join("xenstored.socket")
-    }
-
-    /// The state DB it uses unless told otherwise.
-    pub fn state(dir: &std::path::Path) -> PathBuf {
-        SimulatedHost::workspace(dir).join("state.sqlite")
-    }
-
-    pub fn start(dir: &std::path::Path) -> anyhow::Result<SimulatedHost> {
-        let workspace = SimulatedHost::workspace(dir);
-        std::fs::create_dir_all(&workspace)
-            .with_context(|| format!("cannot create {}", workspace.display()))?;
-        let kept = workspace.join("xenstore.xs");
-        let source = if kept.exists() {
-            kept.clone()
-        } else {
-            dir.join("xenstore.xs")
-        };
-        let text = std::fs::read_to_string(&source).with_context(|| {
-            format!(
-                "cannot read {}: a --sim directory holds the host's xenstore.xs",
-                source.display()
-            )
-        })?;
-        let store = sim::dump::parse(&text)
-            .with_context(|| format!("xenstore dump {}", source.display()))?;
-        let socket = SimulatedHost::socket(dir);
-        let _ = std::fs::remove_file(&socket); // left by a killed run
-        let simulator = sim::Simulator::start(
-            &socket,
-            store,
-            sim::GuestPolicy::default(),
-            sim::Faults::default(),
-        )?;
-        Ok(SimulatedHost {
-            simulator: Some(simulator),
-            kept,
-        })
-    }
-
-    /// Stops the simulator and keeps its xenstore for the next command.
-    pub fn finish(mut self) -> anyhow::Result<()> {
-        if let Some(simulator) = self.simulator.take() {
-            let text = sim::dump::write_full_paths(&simulator.store());
-            drop(simulator);
-            let temporary = self.kept.with_extension("partial");
-            std::fs::write(&temporary, text)
-                .with_context(|| format!("cannot write {}", temporary.display()))?;
-            std::fs::rename(&temporary, &self.kept)
-                .with_context(|| format!("cannot write {}", self.kept.display()))?;
-        }
-        Ok(())
-    }
 }

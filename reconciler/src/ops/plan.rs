@@ -5,12 +5,13 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
+use super::state_db::{ThisHost, checked_state};
 use super::{Console, Exit};
 use crate::desired::{self, Desired, LoadError};
 use crate::observe::{self, HostState};
 use crate::render;
 use crate::render::plan::Provenance;
-use crate::state::{StateDb, StateSnapshot};
+use crate::state::StateSnapshot;
 
 /// Where the actual state comes from.
 #[derive(Debug, Clone)]
@@ -19,18 +20,43 @@ pub struct ActualSource {
     /// A snapshot instead of the live host.
     pub snapshot: Option<PathBuf>,
     pub host_root: PathBuf,
+    /// The operator's word that xendisk has never managed the host: a
+    /// missing state DB is then an empty state (`--new-host`).
+    pub new_host: bool,
     pub now: jiff::Timestamp,
 }
 
-pub(super) fn actual(source: &ActualSource) -> anyhow::Result<(StateSnapshot, HostState)> {
-    let state = StateDb::open_read_only(&source.state)?.snapshot(source.now)?;
-    let host = match &source.snapshot {
-        Some(path) => observe::snapshot::load(path)?,
-        None => observe::observe(&observe::ObserveOptions {
-            host_root: source.host_root.clone(),
-        })?,
+/// The state DB and the host, after the checks of [`super::state_db`];
+/// `Err(exit)` once it has said why they cannot be planned from.
+pub(super) fn actual(
+    source: &ActualSource,
+    console: &mut Console<'_>,
+) -> anyhow::Result<Result<(StateSnapshot, HostState), Exit>> {
+    let (host, this) = match &source.snapshot {
+        Some(path) => {
+            let snapshot = observe::snapshot::load_snapshot(path)?;
+            let this = ThisHost::Snapshot {
+                file: path.clone(),
+                machine_id: snapshot.machine_id,
+            };
+            (snapshot.host, this)
+        }
+        None => {
+            let host = observe::observe(&observe::ObserveOptions {
+                host_root: source.host_root.clone(),
+            })?;
+            (host, ThisHost::Live(source.host_root.clone()))
+        }
     };
-    Ok((state, host))
+    let state = checked_state(
+        &source.state,
+        source.new_host,
+        &this,
+        &host,
+        source.now,
+        console,
+    )?;
+    Ok(state.map(|state| (state, host)))
 }
 
 /// The desired file's paths resolved on the live host; none offline (a
@@ -90,7 +116,10 @@ fn make_plan(
     allow_destroy: bool,
     console: &mut Console<'_>,
 ) -> anyhow::Result<Result<(crate::plan::Plan, Provenance), Exit>> {
-    let (state, host) = actual(actual_source)?;
+    let (state, host) = match actual(actual_source, console)? {
+        Ok(actual) => actual,
+        Err(exit) => return Ok(Err(exit)),
+    };
     let Some(desired) = load_desired(file, &state, console)? else {
         return Ok(Err(Exit::Error));
     };
@@ -199,7 +228,10 @@ pub struct GenerateOptions {
 
 /// Writes the actual state as a desired-state file.
 pub fn generate(options: &GenerateOptions, console: &mut Console<'_>) -> anyhow::Result<Exit> {
-    let (state, host) = actual(&options.actual)?;
+    let (state, host) = match actual(&options.actual, console)? {
+        Ok(actual) => actual,
+        Err(exit) => return Ok(exit),
+    };
     let generated = crate::generate::generate(&state, &host);
     for skipped in &generated.skipped {
         writeln!(console.err, "warning: left out {skipped}")?;
@@ -224,7 +256,10 @@ pub struct DiffOptions {
 /// `generate` writes them, and limited to the domains the file manages.
 /// Exit 0 when they agree, 2 when they differ.
 pub fn diff(options: &DiffOptions, console: &mut Console<'_>) -> anyhow::Result<Exit> {
-    let (state, host) = actual(&options.actual)?;
+    let (state, host) = match actual(&options.actual, console)? {
+        Ok(actual) => actual,
+        Err(exit) => return Ok(exit),
+    };
     let Some(desired) = load_desired(&options.file, &state, console)? else {
         return Ok(Exit::Error);
     };

@@ -13,6 +13,8 @@ pub mod store;
 
 use std::collections::BTreeSet;
 use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -53,8 +55,18 @@ pub struct Faults {
 }
 
 /// A running simulator. Stops, and removes its socket, when dropped.
+///
+/// Another simulator may have taken the same socket path since this one
+/// bound it (a command started while this one ran removes what it takes
+/// for a dead run's socket): this one then stops without touching it. It
+/// wakes its own acceptor through its own listener, never by connecting to
+/// the path, and removes the path only while it still names its socket.
 pub struct Simulator {
     socket: PathBuf,
+    /// The socket file this simulator made: its device and inode.
+    made: Option<(u64, u64)>,
+    /// The listening socket the acceptor waits on, to wake it.
+    listener: UnixListener,
     shared: Arc<server::Shared>,
     acceptor: Option<JoinHandle<io::Result<()>>>,
 }
@@ -73,6 +85,10 @@ impl Simulator {
                 format!("cannot listen on {}: {e}", socket.display()),
             )
         })?;
+        let made = std::fs::symlink_metadata(socket)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        let waker = listener.try_clone()?;
         let shared = Arc::new(server::Shared::new(store, guests, faults));
         let acceptor = {
             let shared = Arc::clone(&shared);
@@ -80,6 +96,8 @@ impl Simulator {
         };
         Ok(Simulator {
             socket: socket.to_owned(),
+            made,
+            listener: waker,
             shared,
             acceptor: Some(acceptor),
         })
@@ -108,14 +126,23 @@ impl Simulator {
 impl Drop for Simulator {
     fn drop(&mut self) {
         self.shared.stopping.store(true, Ordering::Relaxed);
-        // Wake the acceptor so it sees the flag; if the socket is gone
-        // already (its directory removed), the thread is left to the exit.
-        let woken = std::os::unix::net::UnixStream::connect(&self.socket).is_ok();
+        // On Linux, shutting a listening socket down makes a blocked
+        // accept() return (EINVAL); the acceptor then sees the flag. This
+        // reaches this simulator's own socket whatever the path names now.
+        // SAFETY: the descriptor is the listener's, open while `self` lives.
+        let woken = unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) } == 0;
         if let Some(acceptor) = self.acceptor.take()
             && woken
         {
             let _ = acceptor.join();
         }
-        let _ = std::fs::remove_file(&self.socket);
+        // Between this check and the removal another simulator could bind
+        // the path; commands on one simulated host take turns (a lock in
+        // `ops`), so only a test that starts two at one path could see it.
+        let still_ours = std::fs::symlink_metadata(&self.socket)
+            .is_ok_and(|m| Some((m.dev(), m.ino())) == self.made);
+        if still_ours {
+            let _ = std::fs::remove_file(&self.socket);
+        }
     }
 }

@@ -7,6 +7,10 @@
 //! xenstore or the desired-state file: callers hand it device geometry and
 //! names as values, and get plain values back.
 //!
+//! A state DB is made only on purpose ([`StateDb::create`], for `xendisk
+//! init`) and records the host it belongs to ([`host`]); opening one that
+//! is missing is an error, never an empty state.
+//!
 //! The model is the ancestor's (Xen 1.2's virtual-disk manager): devices are
 //! cut into extents; a vdisk owns extents in a fixed order; the extents of an
 //! expired or deleted vdisk are free space, reclaimed lazily by the next
@@ -22,8 +26,10 @@
 
 pub mod alloc;
 mod devices;
+mod host;
 mod journal;
 mod legacy;
+mod open;
 mod overlap;
 mod read;
 mod schema;
@@ -31,15 +37,16 @@ mod schema;
 mod tests;
 mod write;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::Connection;
 use serde::Serialize;
 
 use crate::desired::{Expiry, Size};
 use crate::extent::{DevNum, SectorRange};
 
+pub use host::{HostId, HostIdError, HostRecord, MACHINE_ID_FILES, Recorded, is_machine_id};
 pub use journal::{RunRecord, StepRecord};
 pub use legacy::{ImportReport, LegacyDb, LegacyError, import_legacy, read_legacy};
 pub use schema::CURRENT_VERSION;
@@ -150,6 +157,35 @@ pub struct VdiskState {
 /// what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
+    #[error(
+        "the state DB {path} does not exist, and xendisk never takes a missing state DB for an \
+         empty one: if xendisk has never managed this host, create it with `xendisk init`; \
+         otherwise check --state and XENDISK_STATE, or restore the DB from a backup"
+    )]
+    Missing { path: String },
+    #[error("the state DB {path} exists already; nothing was changed")]
+    Exists { path: String },
+    #[error("cannot create the state DB {path}: {source}")]
+    Create {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot read the state DB {path}: {source}")]
+    Access {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "the state DB {path} belongs to host {recorded}, not to this host ({this}); nothing was \
+         changed: point --state at this host's DB, or, if this host's machine id changed \
+         (dom0 reinstalled on the same disks), record the new one with `xendisk init \
+         --replace-host`"
+    )]
+    OtherHost {
+        path: String,
+        recorded: String,
+        this: String,
+    },
     #[error("cannot open the state DB {path}: {source}")]
     Open {
         path: String,
@@ -272,117 +308,6 @@ pub enum StateError {
 }
 
 impl StateDb {
-    /// Opens (creating if needed) the state DB at `path` for writing, and
-    /// brings its schema up to date.
-    pub fn open(path: &Path) -> Result<StateDb, StateError> {
-        let label = path.display().to_string();
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| StateError::CreateDir {
-                path: label.clone(),
-                source,
-            })?;
-        }
-        let connection = Connection::open(path).map_err(|source| StateError::Open {
-            path: label.clone(),
-            source,
-        })?;
-        StateDb::prepare(connection, label, true)
-    }
-
-    /// Opens the state DB at `path` for reading only; a missing file is an
-    /// empty state (read-only commands never create it).
-    pub fn open_read_only(path: &Path) -> Result<StateDb, StateError> {
-        if !path.exists() {
-            return StateDb::in_memory();
-        }
-        let label = path.display().to_string();
-        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let connection =
-            Connection::open_with_flags(path, flags).map_err(|source| StateError::Open {
-                path: label.clone(),
-                source,
-            })?;
-        StateDb::prepare(connection, label, false)
-    }
-
-    /// A private, empty state DB in memory (tests, offline plans).
-    pub fn in_memory() -> Result<StateDb, StateError> {
-        let label = "(in-memory state)".to_owned();
-        let connection = Connection::open_in_memory().map_err(|source| StateError::Open {
-            path: label.clone(),
-            source,
-        })?;
-        StateDb::prepare(connection, label, true)
-    }
-
-    fn prepare(
-        mut connection: Connection,
-        label: String,
-        writable: bool,
-    ) -> Result<StateDb, StateError> {
-        let sqlite = |operation| {
-            let path = label.clone();
-            move |source| StateError::Sqlite {
-                path,
-                operation,
-                source,
-            }
-        };
-        connection
-            .busy_timeout(BUSY_TIMEOUT)
-            .map_err(sqlite("setting the busy timeout"))?;
-        connection
-            .pragma_update(None, "foreign_keys", true)
-            .map_err(sqlite("enabling foreign keys"))?;
-        if writable {
-            // WAL lets readers go on while one writer commits; FULL makes a
-            // commit survive power loss, which a record of disk ownership must.
-            connection
-                .pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))
-                .map_err(sqlite("enabling WAL"))?;
-            connection
-                .pragma_update(None, "synchronous", "FULL")
-                .map_err(sqlite("setting synchronous"))?;
-            schema::migrate(&mut connection).map_err(|source| StateError::Migrate {
-                path: label.clone(),
-                source,
-            })?;
-        } else {
-            let version =
-                schema::version(&connection).map_err(sqlite("reading the schema version"))?;
-            if version > schema::CURRENT_VERSION {
-                let source = schema::MigrateError::TooNew {
-                    found: version,
-                    supported: CURRENT_VERSION,
-                };
-                return Err(StateError::Migrate {
-                    path: label,
-                    source,
-                });
-            }
-            if version < schema::CURRENT_VERSION {
-                // An older file read without writing: migrate a private copy
-                // in memory so the queries see the current schema.
-                let mut copy = Connection::open_in_memory().map_err(sqlite("opening a copy"))?;
-                copy.restore(
-                    rusqlite::MAIN_DB,
-                    label.as_str(),
-                    None::<fn(rusqlite::backup::Progress)>,
-                )
-                .map_err(sqlite("copying an older state DB"))?;
-                schema::migrate(&mut copy).map_err(|source| StateError::Migrate {
-                    path: label.clone(),
-                    source,
-                })?;
-                return Ok(StateDb {
-                    connection: copy,
-                    label,
-                });
-            }
-        }
-        Ok(StateDb { connection, label })
-    }
-
     /// What this DB is called in messages.
     pub fn label(&self) -> &str {
         &self.label

@@ -7,7 +7,7 @@
 use rusqlite::Connection;
 
 /// Each entry moves the schema from version `index` to `index + 1`.
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     // 1: pools, their devices cut into extents, and vdisks.
     r#"
     CREATE TABLE pools (
@@ -83,6 +83,16 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (run_id, step)
     ) STRICT;
     "#,
+    // 3: the host the DB belongs to (`xendisk init`), one row: a DB read on
+    // another host would show that host's used extents as free.
+    r#"
+    CREATE TABLE host (
+        only        INTEGER PRIMARY KEY CHECK (only = 1),
+        machine_id  TEXT    NOT NULL,
+        source      TEXT    NOT NULL,
+        recorded_at INTEGER NOT NULL
+    ) STRICT;
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -93,18 +103,27 @@ pub fn version(connection: &Connection) -> rusqlite::Result<i64> {
     connection.pragma_query_value(None, "user_version", |row| row.get(0))
 }
 
-/// Applies the missing migrations in one immediate transaction. Returns the
-/// version found, or an error naming a database from a newer xendisk.
-pub fn migrate(connection: &mut Connection) -> Result<i64, MigrateError> {
-    let transaction =
-        connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let found = version(&transaction)?;
+/// Refuses a database from a newer xendisk. Callers run it before anything
+/// that writes (even switching the journal mode changes the file), so a
+/// refused file is left exactly as it was.
+pub fn check_version(connection: &Connection) -> Result<i64, MigrateError> {
+    let found = version(connection)?;
     if found > CURRENT_VERSION {
         return Err(MigrateError::TooNew {
             found,
             supported: CURRENT_VERSION,
         });
     }
+    Ok(found)
+}
+
+/// Applies the missing migrations in one immediate transaction. Returns the
+/// version found, or an error naming a database from a newer xendisk.
+pub fn migrate(connection: &mut Connection) -> Result<i64, MigrateError> {
+    let transaction =
+        connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    // Again inside the transaction: another xendisk may have migrated it.
+    let found = check_version(&transaction)?;
     for (index, migration) in MIGRATIONS.iter().enumerate().skip(found as usize) {
         transaction.execute_batch(migration)?;
         transaction.pragma_update(None, "user_version", index as i64 + 1)?;

@@ -13,6 +13,14 @@ fn later(seconds: i64) -> jiff::Timestamp {
     jiff::Timestamp::from_second(t0().as_second() + seconds).unwrap()
 }
 
+/// The host a test's state DB file belongs to.
+pub(super) fn test_host() -> HostId {
+    HostId {
+        machine_id: "0123456789abcdef0123456789abcdef".to_owned(),
+        source: "/etc/machine-id".to_owned(),
+    }
+}
+
 fn size(text: &str) -> Size {
     text.parse().unwrap()
 }
@@ -341,44 +349,10 @@ fn names_are_stored_and_found_literally() {
 }
 
 #[test]
-fn files_are_created_only_by_writers_and_migrated_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("sub/state.sqlite");
-    let empty = StateDb::open_read_only(&path).unwrap();
-    assert!(empty.snapshot(t0()).unwrap().pools.is_empty());
-    assert!(!path.exists(), "a reader must not create the state DB");
-    {
-        let mut db = StateDb::open(&path).unwrap();
-        db.add_pool_device("p", size("1MiB"), &device("/dev/sdb1", 17, 10), t0())
-            .unwrap();
-    }
-    let db = StateDb::open(&path).unwrap();
-    assert_eq!(schema::version(&db.connection).unwrap(), CURRENT_VERSION);
-    assert_eq!(
-        StateDb::open_read_only(&path)
-            .unwrap()
-            .snapshot(t0())
-            .unwrap()
-            .pools
-            .len(),
-        1
-    );
-    db.connection
-        .pragma_update(None, "user_version", CURRENT_VERSION + 1)
-        .unwrap();
-    drop(db);
-    let error = StateDb::open(&path).err().unwrap().to_string();
-    assert!(
-        error.contains("newer than this xendisk understands"),
-        "{error}"
-    );
-}
-
-#[test]
 fn concurrent_writers_never_share_an_extent() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.sqlite");
-    let mut db = StateDb::open(&path).unwrap();
+    let mut db = StateDb::create(&path, &test_host(), t0()).unwrap();
     db.add_pool_device("p", size("1MiB"), &device("/dev/sdb1", 17, 400), t0())
         .unwrap();
     drop(db);
@@ -449,7 +423,7 @@ fn kill_child_allocator() {
 fn killing_a_writer_mid_allocation_leaves_the_db_consistent() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.sqlite");
-    let mut db = StateDb::open(&path).unwrap();
+    let mut db = StateDb::create(&path, &test_host(), t0()).unwrap();
     db.add_pool_device("p", size("1MiB"), &device("/dev/sdb1", 17, 3000), t0())
         .unwrap();
     drop(db);

@@ -19,6 +19,11 @@ pub(super) struct Write<'a> {
 }
 
 impl Write<'_> {
+    /// What the DB is called in messages.
+    pub(super) fn label(&self) -> &str {
+        self.label
+    }
+
     pub(super) fn error(
         &self,
         operation: &'static str,

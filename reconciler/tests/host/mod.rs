@@ -61,7 +61,12 @@ impl Host {
         path
     }
 
+    /// A `xendisk` command on this host. The host's state DB is made by
+    /// `xendisk init` before its first command (but `init` itself).
     pub fn command(&self, args: &[&str], env: &[(&str, String)]) -> Command {
+        if args.first() != Some(&"init") && !self.dir.path().join("state.sqlite").exists() {
+            assert_exit(&self.command(&["init"], &[]).output().unwrap(), 0);
+        }
         let mut command = Command::new(env!("CARGO_BIN_EXE_xendisk"));
         command
             .args(args)

@@ -1,0 +1,135 @@
+//! `--sim DIR`: a simulated host kept in a directory.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::init::{InitOptions, initialise};
+use super::{Console, Exit};
+use crate::apply::lock::{self, ApplyLock};
+use crate::sim;
+
+/// How long a command waits for the others on the same simulated host.
+const TURN_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// A simulated host kept in a directory, for `--sim DIR`: DIR holds the
+/// host's xenstore (`xenstore.xs`, either `xenstore-ls` form), its machine
+/// id (`etc/machine-id`) and captured dom0 (`proc/`, `sys/`); what commands
+/// change is kept in `DIR/.sim/` (the xenstore, written back after each
+/// command, and the state DB), so that an apply is followed by a plan that
+/// sees it.
+///
+/// Commands on one simulated host take turns (a lock in `DIR/.sim/`): each
+/// runs its own simulated xenstored from the kept xenstore and writes it
+/// back, so two at once would each see, and keep, only their own changes.
+pub struct SimulatedHost {
+    simulator: Option<sim::Simulator>,
+    kept: PathBuf,
+    dir: PathBuf,
+    /// Held until the xenstore is written back.
+    _turn: ApplyLock,
+}
+
+impl SimulatedHost {
+    /// Where the simulated host's own files go.
+    pub fn workspace(dir: &Path) -> PathBuf {
+        dir.join(".sim")
+    }
+
+    /// The socket its xenstored listens on (set XENSTORED_PATH to it first).
+    pub fn socket(dir: &Path) -> PathBuf {
+        SimulatedHost::workspace(dir).join("xenstored.socket")
+    }
+
+    /// The state DB it uses unless told otherwise.
+    pub fn state(dir: &Path) -> PathBuf {
+        SimulatedHost::workspace(dir).join("state.sqlite")
+    }
+
+    /// Waits for the other commands on this host, then starts its xenstored.
+    pub fn start(dir: &Path, messages: &mut dyn Write) -> anyhow::Result<SimulatedHost> {
+        let workspace = SimulatedHost::workspace(dir);
+        std::fs::create_dir_all(&workspace)
+            .with_context(|| format!("cannot create {}", workspace.display()))?;
+        let waiting = lock::Waiting {
+            holder: "another command on this simulated host",
+            hint: "",
+        };
+        let turn = lock::acquire_file(&workspace.join("lock"), TURN_TIMEOUT, waiting, messages)?;
+        let kept = workspace.join("xenstore.xs");
+        let source = if kept.exists() {
+            kept.clone()
+        } else {
+            dir.join("xenstore.xs")
+        };
+        let text = std::fs::read_to_string(&source).with_context(|| {
+            format!(
+                "cannot read {}: a --sim directory holds the host's xenstore.xs",
+                source.display()
+            )
+        })?;
+        let store = sim::dump::parse(&text)
+            .with_context(|| format!("xenstore dump {}", source.display()))?;
+        let socket = SimulatedHost::socket(dir);
+        // Only a killed command's: the live ones wait for their turn.
+        let _ = std::fs::remove_file(&socket);
+        let simulator = sim::Simulator::start(
+            &socket,
+            store,
+            sim::GuestPolicy::default(),
+            sim::Faults::default(),
+        )?;
+        Ok(SimulatedHost {
+            simulator: Some(simulator),
+            kept,
+            dir: dir.to_owned(),
+            _turn: turn,
+        })
+    }
+
+    /// Makes the simulated host's own state DB on its first command: a
+    /// simulated host is the one place where a state DB is expected to come
+    /// by itself. It is checked like `xendisk init` (a host whose kept
+    /// xenstore names vdisks is refused an empty DB). `Err(exit)` once it
+    /// has said why not.
+    pub fn initialise_state(
+        &self,
+        now: jiff::Timestamp,
+        console: &mut Console<'_>,
+    ) -> anyhow::Result<Result<(), Exit>> {
+        let state = SimulatedHost::state(&self.dir);
+        if state.exists() {
+            return Ok(Ok(()));
+        }
+        let options = InitOptions {
+            state,
+            host_root: self.dir.clone(),
+            replace_host: false,
+            now,
+        };
+        let done = initialise(&options, console)?;
+        Ok(match done {
+            Ok(sentence) => {
+                writeln!(console.err, "Simulated host: {sentence}")?;
+                Ok(())
+            }
+            Err(exit) => Err(exit),
+        })
+    }
+
+    /// Stops the simulator and keeps its xenstore for the next command.
+    pub fn finish(mut self) -> anyhow::Result<()> {
+        if let Some(simulator) = self.simulator.take() {
+            let text = sim::dump::write_full_paths(&simulator.store());
+            drop(simulator);
+            let temporary = self.kept.with_extension("partial");
+            std::fs::write(&temporary, text)
+                .with_context(|| format!("cannot write {}", temporary.display()))?;
+            std::fs::rename(&temporary, &self.kept)
+                .with_context(|| format!("cannot write {}", self.kept.display()))?;
+        }
+        Ok(())
+    }
+}
