@@ -85,3 +85,59 @@ fn a_release_killed_before_its_scrub_is_scrubbed_by_the_next_apply() {
     assert_eq!(dirty(&host), clean_before, "the released extents are clean");
     assert_exit(&host.run(&["plan", "deleted.toml", "--allow-destroy"]), 0);
 }
+
+/// The journal of a run killed before its on-release scrub keeps that
+/// scrub unfinished for good. Once a later run has scrubbed the extents,
+/// the pool device taken out and put back (all its extents dirty again, as
+/// any new device's) must not have them scrubbed "for the killed run": the
+/// apply that puts it back said the host did not match its plan (exit 1).
+/// Found by the kill loop (`tests/kill_loop.rs`).
+#[test]
+fn a_pool_device_put_back_is_not_scrubbed_for_a_run_killed_long_ago() {
+    let host = Host::new(GuestPolicy::default(), Faults::default());
+    host.file("populated.toml", POPULATED);
+    host.file("deleted.toml", DELETED);
+    assert_exit(&host.apply("populated.toml", &[]), 0);
+    let clean_before = dirty(&host);
+    let plan: Value = serde_json::from_slice(
+        &host
+            .run(&["plan", "deleted.toml", "--allow-destroy", "--json"])
+            .stdout,
+    )
+    .unwrap();
+    let scrub = plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["op"] == "scrub")
+        .unwrap()["id"]
+        .to_string();
+    let killed = host
+        .command(
+            &[
+                "apply",
+                "deleted.toml",
+                "--yes",
+                "--no-devices",
+                "--allow-destroy",
+            ],
+            &[("XENDISK_TEST_KILL_AT_STEP", scrub)],
+        )
+        .output()
+        .unwrap();
+    assert_ne!(killed.status.code(), Some(0), "{}", text(&killed));
+    assert_exit(&host.apply("deleted.toml", &["--allow-destroy"]), 0);
+    assert_eq!(dirty(&host), clean_before, "the released extents are clean");
+
+    // The pool goes, and comes back with a vdisk on the same device.
+    let gone = "[settings]\ntoolstack = \"xenstore\"\n";
+    host.file("gone.toml", gone);
+    assert_exit(&host.apply("gone.toml", &["--allow-destroy"]), 0);
+    host.file(
+        "back.toml",
+        &format!("{DELETED}\n[vdisks.new]\npool = \"fast\"\nsize = \"64MiB\"\n"),
+    );
+    let back = host.apply("back.toml", &[]);
+    assert_exit(&back, 0);
+    assert_exit(&host.run(&["plan", "back.toml"]), 0);
+}

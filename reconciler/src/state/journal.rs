@@ -201,7 +201,11 @@ impl StateDb {
 
 impl StateDb {
     /// Extents of on-release scrubs that a run planned and never finished,
-    /// which are still free and dirty in `pools`.
+    /// which are still free and dirty in `pools`. Only runs since the last
+    /// one that finished count: that run's plan had every such scrub still
+    /// due, and did it (older entries stay unfinished in the journal for
+    /// good, and would otherwise claim extents of a pool device taken out
+    /// and put back since, dirty as any new device's).
     pub(super) fn unscrubbed_releases(
         &self,
         pools: &[super::PoolState],
@@ -211,7 +215,8 @@ impl StateDb {
             .connection
             .prepare(
                 "SELECT op FROM journal WHERE status != 'done' \
-                 AND op LIKE '%\"op\":\"scrub\"%' AND op LIKE '%\"released\":true%'",
+                 AND op LIKE '%\"op\":\"scrub\"%' AND op LIKE '%\"released\":true%' \
+                 AND run_id > (SELECT COALESCE(MAX(id), 0) FROM runs WHERE status = 'done')",
             )
             .map_err(&error)?;
         let ops: Vec<String> = statement
