@@ -70,3 +70,49 @@ fn the_walkthrough_applies_to_the_simulated_demo_host() {
         "{kept}"
     );
 }
+
+/// `-o /dev/null` (or a pipe) is written into, never replaced: saving an
+/// output file by renaming a temporary over it once turned the machine's
+/// /dev/null into a regular file. A pipe stands in for the device here.
+#[test]
+fn an_output_that_is_not_a_regular_file_is_written_into_not_replaced() {
+    use std::io::Read;
+    use std::os::unix::fs::FileTypeExt;
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let scratch = tempfile::tempdir().unwrap();
+    let demo = scratch.path().join("demo");
+    copy(&repo.join("examples/hosts/demo"), &demo);
+    let pipe = scratch.path().join("pipe");
+    let status = Command::new("mkfifo").arg(&pipe).status().unwrap();
+    assert!(status.success());
+    let reader = {
+        let pipe = pipe.clone();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            fs::File::open(&pipe)
+                .unwrap()
+                .read_to_string(&mut text)
+                .unwrap();
+            text
+        })
+    };
+    let output = Command::new(env!("CARGO_BIN_EXE_xendisk"))
+        .arg("--sim")
+        .arg(&demo)
+        .args(["snapshot", "-o"])
+        .arg(&pipe)
+        .env_remove("XENSTORED_PATH")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(reader.join().unwrap().contains("\"format_version\""));
+    assert!(
+        fs::metadata(&pipe).unwrap().file_type().is_fifo(),
+        "the pipe was replaced"
+    );
+}

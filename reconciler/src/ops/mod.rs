@@ -262,12 +262,7 @@ pub fn snapshot(options: &SnapshotOptions, console: &mut Console<'_>) -> anyhow:
     match &options.output {
         None => console.out.write_all(text.as_bytes())?,
         Some(path) => {
-            // Written whole to a temporary file, then renamed: never half a snapshot.
-            let temporary = path.with_extension("partial");
-            std::fs::write(&temporary, &text)
-                .with_context(|| format!("cannot write {}", temporary.display()))?;
-            std::fs::rename(&temporary, path)
-                .with_context(|| format!("cannot write {}", path.display()))?;
+            write_whole(path, text.as_bytes())?;
             writeln!(
                 console.err,
                 "Wrote {}: {}, {}, {} used by Domain-0, {}.",
@@ -335,6 +330,27 @@ pub fn state(options: &StateOptions, console: &mut Console<'_>) -> anyhow::Resul
         writeln!(console.err, "{}: consistent", db.label())?;
     }
     Ok(Exit::Success)
+}
+
+/// Writes an output file whole: to a temporary name, then renamed over the
+/// target, so that nobody reads half of it. A target that is not a regular
+/// file (`/dev/null`, a pipe, `/dev/stdout`) is written into as it is:
+/// renaming over it would replace the device node with a file.
+pub(crate) fn write_whole(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let special = std::fs::metadata(path).is_ok_and(|m| !m.is_file());
+    if special {
+        return std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .and_then(|mut file| file.write_all(bytes))
+            .with_context(|| format!("cannot write {}", path.display()));
+    }
+    let temporary = path.with_extension("partial");
+    std::fs::write(&temporary, bytes)
+        .with_context(|| format!("cannot write {}", temporary.display()))?;
+    std::fs::rename(&temporary, path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
 }
 
 /// `xendisk sim`

@@ -3,8 +3,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
-
 use super::state_db::{ThisHost, checked_state};
 use super::{Console, Exit};
 use crate::desired::{self, Desired, LoadError};
@@ -175,7 +173,7 @@ pub fn plan(options: &PlanOptions, console: &mut Console<'_>) -> anyhow::Result<
     if let Some(path) = &options.output {
         let mut text = Vec::new();
         render::plan::json(&plan, &made_from, &mut text)?;
-        write_whole(path, &text)?;
+        super::write_whole(path, &text)?;
     }
     Ok(if plan.is_refused() {
         Exit::Refused
@@ -184,16 +182,6 @@ pub fn plan(options: &PlanOptions, console: &mut Console<'_>) -> anyhow::Result<
     } else {
         Exit::Changes
     })
-}
-
-/// Writes a file whole: to a temporary name, then renamed over the target.
-fn write_whole(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let temporary = path.with_extension("partial");
-    std::fs::write(&temporary, bytes)
-        .with_context(|| format!("cannot write {}", temporary.display()))?;
-    std::fs::rename(&temporary, path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
 }
 
 /// `xendisk graph FILE`
@@ -240,7 +228,7 @@ pub fn generate(options: &GenerateOptions, console: &mut Console<'_>) -> anyhow:
     let text = crate::generate::to_toml(&generated.desired, &header);
     match &options.output {
         None => console.out.write_all(text.as_bytes())?,
-        Some(path) => write_whole(path, text.as_bytes())?,
+        Some(path) => super::write_whole(path, text.as_bytes())?,
     }
     Ok(Exit::Success)
 }
