@@ -173,10 +173,6 @@ impl XsClient {
     /// before the first answer is read (xenstored answers a connection's
     /// requests in order, each answer carrying its request's id).
     pub fn read_many(&mut self, tx: Tx, paths: &[String]) -> Result<Vec<Option<String>>, XsError> {
-        if matches!(self.connection, Connection::Device(_)) {
-            // The xenbus device takes one message a write: ask in turn.
-            return paths.iter().map(|path| self.read(tx, path)).collect();
-        }
         let first = self.next_request;
         let mut batch = Vec::new();
         for path in paths {
@@ -193,7 +189,8 @@ impl XsClient {
         }
         match &self.connection {
             Connection::Socket(stream) => exchange(stream, &batch, first, paths),
-            Connection::Device(file) => exchange(file, &batch, first, paths),
+            // The xenbus device takes one message a write: ask in turn.
+            Connection::Device(_) => paths.iter().map(|path| self.read(tx, path)).collect(),
         }
     }
 

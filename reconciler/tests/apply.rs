@@ -471,20 +471,6 @@ fn the_walkthrough_on_real_partitions_with_loop_realisation() {
         2,
     );
     let pool_device = disk.partition(2);
-    /// Detaches whatever loop devices still map the partition.
-    struct Realisations(String);
-    impl Drop for Realisations {
-        fn drop(&mut self) {
-            if let Ok(output) = Command::new("losetup").args(["-j", &self.0]).output() {
-                for line in String::from_utf8_lossy(&output.stdout).lines() {
-                    if let Some(device) = line.split(':').next() {
-                        let _ = Command::new("losetup").args(["-d", device]).status();
-                    }
-                }
-            }
-        }
-    }
-    let _realisations = Realisations(pool_device.clone());
     let settings = format!(
         "[settings]\ntoolstack = \"xenstore\"\nrealise = \"loop\"\n\n[pools.p]\nextent_size = \"1MiB\"\ndevices = [\"{pool_device}\"]\n"
     );

@@ -1,36 +1,18 @@
 //! The README's quick start, as written: the walkthrough applied to the
 //! simulated demo host, after which a plan finds nothing to do.
 
+mod host;
+
 use std::fs;
 use std::path::Path;
 use std::process::Command;
-
-/// Copies a directory, keeping symbolic links (a captured sysfs is made of them).
-fn copy(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap();
-        if name == ".sim" {
-            continue;
-        }
-        let metadata = fs::symlink_metadata(&path).unwrap();
-        if metadata.file_type().is_symlink() {
-            std::os::unix::fs::symlink(fs::read_link(&path).unwrap(), to.join(name)).unwrap();
-        } else if metadata.is_dir() {
-            copy(&path, &to.join(name));
-        } else {
-            fs::copy(&path, to.join(name)).unwrap();
-        }
-    }
-}
 
 #[test]
 fn the_walkthrough_applies_to_the_simulated_demo_host() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let scratch = tempfile::tempdir().unwrap();
     let demo = scratch.path().join("demo");
-    copy(&repo.join("examples/hosts/demo"), &demo);
+    host::copy_demo_host(&demo);
     let xendisk = |args: &[&str]| {
         let output = Command::new(env!("CARGO_BIN_EXE_xendisk"))
             .arg("--sim")
@@ -78,10 +60,9 @@ fn the_walkthrough_applies_to_the_simulated_demo_host() {
 fn an_output_that_is_not_a_regular_file_is_written_into_not_replaced() {
     use std::io::Read;
     use std::os::unix::fs::FileTypeExt;
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let scratch = tempfile::tempdir().unwrap();
     let demo = scratch.path().join("demo");
-    copy(&repo.join("examples/hosts/demo"), &demo);
+    host::copy_demo_host(&demo);
     let pipe = scratch.path().join("pipe");
     let status = Command::new("mkfifo").arg(&pipe).status().unwrap();
     assert!(status.success());

@@ -33,17 +33,9 @@ fn dirty(host: &Host) -> u64 {
     state["pools"][0]["devices"][0]["dirty"].as_u64().unwrap()
 }
 
-/// Killed between a vdisk's release and the on-release scrub of its
-/// extents: the next plan scrubs them (before, they stayed dirty for good
-/// and the next apply said it had finished).
-#[test]
-fn a_release_killed_before_its_scrub_is_scrubbed_by_the_next_apply() {
-    let host = Host::new(GuestPolicy::default(), Faults::default());
-    host.file("populated.toml", POPULATED);
-    host.file("deleted.toml", DELETED);
-    assert_exit(&host.apply("populated.toml", &[]), 0);
-    let clean_before = dirty(&host);
-
+/// Applies `deleted.toml`, killed (as `kill -9` would) right before the
+/// on-release scrub of the deleted vdisk's extents.
+fn kill_before_the_release_scrub(host: &Host) {
     let plan: Value = serde_json::from_slice(
         &host
             .run(&["plan", "deleted.toml", "--allow-destroy", "--json"])
@@ -57,20 +49,32 @@ fn a_release_killed_before_its_scrub_is_scrubbed_by_the_next_apply() {
         .find(|s| s["op"] == "scrub")
         .unwrap()["id"]
         .to_string();
+    let args = [
+        "apply",
+        "deleted.toml",
+        "--yes",
+        "--no-devices",
+        "--allow-destroy",
+    ];
     let killed = host
-        .command(
-            &[
-                "apply",
-                "deleted.toml",
-                "--yes",
-                "--no-devices",
-                "--allow-destroy",
-            ],
-            &[("XENDISK_TEST_KILL_AT_STEP", scrub)],
-        )
+        .command(&args, &[("XENDISK_TEST_KILL_AT_STEP", scrub)])
         .output()
         .unwrap();
     assert_ne!(killed.status.code(), Some(0), "{}", text(&killed));
+}
+
+/// Killed between a vdisk's release and the on-release scrub of its
+/// extents: the next plan scrubs them (before, they stayed dirty for good
+/// and the next apply said it had finished).
+#[test]
+fn a_release_killed_before_its_scrub_is_scrubbed_by_the_next_apply() {
+    let host = Host::new(GuestPolicy::default(), Faults::default());
+    host.file("populated.toml", POPULATED);
+    host.file("deleted.toml", DELETED);
+    assert_exit(&host.apply("populated.toml", &[]), 0);
+    let clean_before = dirty(&host);
+
+    kill_before_the_release_scrub(&host);
     assert_eq!(dirty(&host), clean_before + 16, "the release happened");
 
     let again = host.run(&["plan", "deleted.toml", "--allow-destroy"]);
@@ -99,33 +103,7 @@ fn a_pool_device_put_back_is_not_scrubbed_for_a_run_killed_long_ago() {
     host.file("deleted.toml", DELETED);
     assert_exit(&host.apply("populated.toml", &[]), 0);
     let clean_before = dirty(&host);
-    let plan: Value = serde_json::from_slice(
-        &host
-            .run(&["plan", "deleted.toml", "--allow-destroy", "--json"])
-            .stdout,
-    )
-    .unwrap();
-    let scrub = plan["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["op"] == "scrub")
-        .unwrap()["id"]
-        .to_string();
-    let killed = host
-        .command(
-            &[
-                "apply",
-                "deleted.toml",
-                "--yes",
-                "--no-devices",
-                "--allow-destroy",
-            ],
-            &[("XENDISK_TEST_KILL_AT_STEP", scrub)],
-        )
-        .output()
-        .unwrap();
-    assert_ne!(killed.status.code(), Some(0), "{}", text(&killed));
+    kill_before_the_release_scrub(&host);
     assert_exit(&host.apply("deleted.toml", &["--allow-destroy"]), 0);
     assert_eq!(dirty(&host), clean_before, "the released extents are clean");
 

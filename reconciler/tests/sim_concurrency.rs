@@ -58,26 +58,6 @@ fn a_simulator_that_lost_its_socket_path_stops_and_leaves_it_alone() {
     assert!(!socket.exists(), "a simulator left its own socket behind");
 }
 
-/// Copies a directory, keeping symbolic links (a captured sysfs is made of them).
-fn copy(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap();
-        if name == ".sim" {
-            continue;
-        }
-        let metadata = fs::symlink_metadata(&path).unwrap();
-        if metadata.file_type().is_symlink() {
-            std::os::unix::fs::symlink(fs::read_link(&path).unwrap(), to.join(name)).unwrap();
-        } else if metadata.is_dir() {
-            copy(&path, &to.join(name));
-        } else {
-            fs::copy(&path, to.join(name)).unwrap();
-        }
-    }
-}
-
 fn spawn(demo: &Path, repo: &Path, args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_xendisk"))
         .arg("--sim")
@@ -142,7 +122,7 @@ fn concurrent_sim_commands_never_hang_and_agree() {
     for round in 0..5 {
         let scratch = tempfile::tempdir().unwrap();
         let demo = scratch.path().join("demo");
-        copy(&repo.join("examples/hosts/demo"), &demo);
+        host::copy_demo_host(&demo);
         let applies = (0..4)
             .map(|_| {
                 spawn(

@@ -85,7 +85,10 @@ pub enum StepError {
         if holders.len() == 1 { "it" } else { "them" }
     )]
     Unexpected { holders: Vec<String> },
-    #[error("cannot look at the host again before this step ({0}); nothing was written")]
+    #[error(
+        "cannot look at the host again before this step ({0}); nothing was written: check that \
+         xenstore and /proc and /sys are readable, then apply again"
+    )]
     ObserveAgain(String),
     #[error(
         "pool device {path} ({device}) is not on this host any more; reconnect it, or take it out \

@@ -64,7 +64,7 @@ pub fn unexpected_holders(check: &Recheck<'_>, state: &StateSnapshot, op: &Op) -
     };
     let mut found = Vec::new();
     for attachment in attachments {
-        let areas = attachment_areas(attachment, &index, &resolver);
+        let areas = resolver.attachment(attachment, &index.source(attachment), &index);
         if touches(&areas, &writes) {
             found.push(format!(
                 "the {} backend of domid {} device {} ({})",
@@ -139,69 +139,9 @@ fn writes_of(op: &Op, state: &StateSnapshot, resolver: &Resolver<'_>) -> Option<
     })
 }
 
-fn attachment_areas(
-    attachment: &Attachment,
-    index: &ActualIndex<'_>,
-    resolver: &Resolver<'_>,
-) -> Vec<Area> {
-    let source = index.source(attachment);
-    let mut areas = match &source {
-        Source::Vdisk(name) => index
-            .vdisk(name)
-            .map(|v| resolver.extents(&v.extents))
-            .unwrap_or_default(),
-        Source::Phy(path) | Source::File(path) => resolver.path(path).unwrap_or_default(),
-    };
-    if let Some(device) = attachment.physical_device {
-        areas.extend(resolver.device_number(device).unwrap_or_default());
-    }
-    if areas.is_empty() {
-        // As the planner reads it: a file not on the host is held by its
-        // path; a device, or a path behind an unknown driver, by nothing known.
-        areas.push(match source {
-            Source::File(path)
-                if attachment.kind != "phy" && attachment.path_after_unknown_prefix().is_none() =>
-            {
-                Area::Path(path)
-            }
-            _ => Area::Unknown(attachment.params.clone()),
-        });
-    }
-    areas
-}
-
-/// Whether two lists of areas share a sector or a file; something that
-/// could not be resolved shares everything.
+/// Whether a holder's areas and a step's share a sector or a file.
 fn touches(holder: &[Area], writes: &[Area]) -> bool {
-    holder.iter().any(|h| {
-        matches!(h, Area::Unknown(_))
-            || writes.iter().any(|w| match (h, w) {
-                (Area::Sectors(p), Area::Sectors(q)) => {
-                    p.device == q.device && p.start < q.end() && q.start < p.end()
-                }
-                (
-                    Area::Inode {
-                        dev: d1,
-                        ino: i1,
-                        start: s1,
-                        sectors: n1,
-                        ..
-                    },
-                    Area::Inode {
-                        dev: d2,
-                        ino: i2,
-                        start: s2,
-                        sectors: n2,
-                        ..
-                    },
-                ) => {
-                    d1 == d2
-                        && i1 == i2
-                        && *s1 < s2.saturating_add(*n2)
-                        && *s2 < s1.saturating_add(*n1)
-                }
-                (Area::Path(p), Area::Path(q)) => p == q,
-                _ => false,
-            })
-    })
+    holder
+        .iter()
+        .any(|h| writes.iter().any(|w| crate::safety::meet(h, w)))
 }

@@ -5,9 +5,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use super::actual::ActualIndex;
+use crate::desired::Source;
 use crate::extent::{DevNum, SectorRange};
 use crate::observe::{
-    BlockDevice, HostState, LoopTarget, PathTarget, ResolvedPath, UseTarget, devices,
+    Attachment, BlockDevice, HostState, LoopTarget, PathTarget, ResolvedPath, UseTarget, devices,
 };
 use crate::state::StateSnapshot;
 
@@ -194,6 +196,66 @@ impl<'a> Resolver<'a> {
                 .ok()
                 .map(|i| &self.sources[i].target)
         })
+    }
+
+    /// What an observed attachment handing `source` really touches: a
+    /// vdisk's extents; else what its `params` path resolves to on the
+    /// host. What `physical-device` (written by the hotplug script) names
+    /// is joined, so that a disagreement widens, never narrows, it (a
+    /// number no device has now names nothing that can be written). Never
+    /// empty: what cannot be resolved is [`Area::Unknown`].
+    pub(super) fn attachment(
+        &self,
+        attachment: &Attachment,
+        source: &Source,
+        index: &ActualIndex<'_>,
+    ) -> Vec<Area> {
+        let physical = || {
+            attachment
+                .physical_device
+                .and_then(|d| self.device_number(d))
+                .unwrap_or_default()
+        };
+        let mut areas = match source {
+            Source::Vdisk(name) => {
+                let extents = index.vdisk(name).map_or(&[][..], |v| v.extents.as_slice());
+                let mut areas = self.extents(extents);
+                // Not the vdisk's own block device: the backend opened
+                // something else.
+                if attachment
+                    .physical_device
+                    .is_some_and(|d| index.realisation_of(d) != Some(name.as_str()))
+                {
+                    areas.extend(physical());
+                }
+                areas
+            }
+            Source::Phy(path) | Source::File(path) => {
+                let mut areas = self.path(path).unwrap_or_default();
+                let unknown_prefix = attachment.path_after_unknown_prefix();
+                if let Some(tail) = unknown_prefix {
+                    areas.extend(self.path(&normalise(tail)).unwrap_or_default());
+                }
+                areas.extend(physical());
+                // Nothing on the host is at that path now. A file may have
+                // been renamed or deleted (it is then no disk xendisk
+                // writes); a device, or a path behind a driver xendisk does
+                // not know, may be anything.
+                let file = matches!(source, Source::File(_))
+                    && attachment.kind != "phy"
+                    && unknown_prefix.is_none();
+                if areas.is_empty() && file {
+                    areas.push(Area::Path(path.clone()));
+                }
+                areas
+            }
+        };
+        if areas.is_empty() {
+            areas.push(Area::Unknown(attachment.params.clone()));
+        }
+        areas.sort();
+        areas.dedup();
+        areas
     }
 
     /// The block device at `path` (through links), if there is one.

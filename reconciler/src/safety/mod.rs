@@ -25,7 +25,7 @@ use crate::desired::Sharing;
 use crate::extent::{DevNum, SectorRange};
 
 pub use order::Dependencies;
-pub use sweep::{Clash, clashes};
+pub use sweep::{Clash, clashes, meet};
 
 /// A disk area: sectors of a whole disk, a file, or something that could
 /// not be resolved.

@@ -30,32 +30,51 @@ enum Key<'a> {
     Path(&'a str),
 }
 
+/// Where an area lies and its interval `[start, stop)` there; `None` for
+/// an empty area and for one that could not be resolved.
+fn span(area: &Area) -> Option<(Key<'_>, u64, u64)> {
+    match area {
+        Area::Sectors(range) if range.sectors > 0 => {
+            Some((Key::Disk(range.device), range.start, range.end()))
+        }
+        Area::Inode {
+            dev,
+            ino,
+            start,
+            sectors,
+            ..
+        } if *sectors > 0 => Some((
+            Key::Inode(*dev, *ino),
+            *start,
+            start.saturating_add(*sectors),
+        )),
+        Area::Path(path) => Some((Key::Path(path), 0, u64::MAX)),
+        Area::Sectors(_) | Area::Inode { .. } | Area::Unknown(_) => None,
+    }
+}
+
+/// Whether two areas share a sector or a file, by the sweep's own rule;
+/// one that could not be resolved shares everything.
+pub fn meet(a: &Area, b: &Area) -> bool {
+    if matches!(a, Area::Unknown(_)) || matches!(b, Area::Unknown(_)) {
+        return true;
+    }
+    match (span(a), span(b)) {
+        (Some((k1, s1, e1)), Some((k2, s2, e2))) => k1 == k2 && s1 < e2 && s2 < e1,
+        _ => false,
+    }
+}
+
 /// Every pair of holders that would conflict if present together.
 pub fn clashes(holders: &[Holder], level: Sharing) -> Vec<Clash> {
     let mut intervals: Vec<(Key<'_>, u64, u64, usize)> = Vec::new();
     let mut unknown: Vec<usize> = Vec::new();
     for (index, holder) in holders.iter().enumerate() {
         for area in &holder.areas {
-            match area {
-                Area::Sectors(range) if range.sectors > 0 => {
-                    intervals.push((Key::Disk(range.device), range.start, range.end(), index))
-                }
-                Area::Sectors(_) => {}
-                Area::Inode {
-                    dev,
-                    ino,
-                    start,
-                    sectors,
-                    ..
-                } if *sectors > 0 => intervals.push((
-                    Key::Inode(*dev, *ino),
-                    *start,
-                    start.saturating_add(*sectors),
-                    index,
-                )),
-                Area::Inode { .. } => {}
-                Area::Path(path) => intervals.push((Key::Path(path), 0, u64::MAX, index)),
-                Area::Unknown(_) => unknown.push(index),
+            match span(area) {
+                Some((key, start, stop)) => intervals.push((key, start, stop, index)),
+                None if matches!(area, Area::Unknown(_)) => unknown.push(index),
+                None => {} // empty
             }
         }
     }

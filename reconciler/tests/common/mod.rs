@@ -64,6 +64,7 @@ pub fn run(program: &str, args: &[&str]) -> String {
 /// nodes made (no udev makes them here); detached when dropped.
 pub struct PartitionedLoop {
     pub device: String,
+    pub partitions: usize,
     nodes: Vec<PathBuf>,
     pub mounted: Option<PathBuf>,
 }
@@ -88,6 +89,7 @@ impl PartitionedLoop {
         let device = run("losetup", &["-f", "--show", "-P", image]);
         let mut made = PartitionedLoop {
             device: device.clone(),
+            partitions,
             nodes: Vec::new(),
             mounted: None,
         };
@@ -118,8 +120,20 @@ impl Drop for PartitionedLoop {
         if let Some(mount) = &self.mounted {
             let _ = Command::new("umount").arg(mount).status();
         }
-        for node in &self.nodes {
-            let _ = std::fs::remove_file(node);
+        // Loop devices a test left over its partitions (vdisks realised as
+        // loop devices) would keep it busy.
+        for partition in 1..=self.partitions {
+            let Ok(over) = Command::new("losetup")
+                .args(["-j", &self.partition(partition)])
+                .output()
+            else {
+                continue;
+            };
+            for line in String::from_utf8_lossy(&over.stdout).lines() {
+                if let Some(device) = line.split(':').next() {
+                    let _ = Command::new("losetup").args(["-d", device]).status();
+                }
+            }
         }
         let _ = Command::new("losetup").args(["-d", &self.device]).status();
     }

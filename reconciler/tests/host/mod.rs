@@ -32,6 +32,34 @@ pub const DOMAINS: &str = r#"/local/domain/0/name = "Domain-0"
 /local/domain/7/name = "guest4"
 "#;
 
+/// A copy of the demo host (`examples/hosts/demo`) at `to`, its symbolic
+/// links kept (a captured sysfs is made of them) and its `.sim` left out.
+pub fn copy_demo_host(to: &Path) {
+    copy_tree(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hosts/demo"),
+        to,
+    );
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap();
+        if name == ".sim" {
+            continue;
+        }
+        let metadata = std::fs::symlink_metadata(&path).unwrap();
+        if metadata.file_type().is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&path).unwrap(), to.join(name)).unwrap();
+        } else if metadata.is_dir() {
+            copy_tree(&path, &to.join(name));
+        } else {
+            std::fs::copy(&path, to.join(name)).unwrap();
+        }
+    }
+}
+
 pub fn host_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden/hosts/plan-host")
 }

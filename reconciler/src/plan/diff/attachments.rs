@@ -316,58 +316,17 @@ impl Builder<'_> {
         self.index.source(attachment)
     }
 
-    /// An attachment as a holder of what it really touches: a vdisk's
-    /// extents; else what its `params` path resolves to on the host, joined
-    /// with what `physical-device` (written by the hotplug script) names,
-    /// so that a disagreement between the two widens, never narrows, it.
+    /// An attachment as a holder of what it really touches (see
+    /// [`Resolver::attachment`](super::super::resolve::Resolver)).
     fn actual_holder(&self, attachment: &Attachment) -> Holder {
         let source = self.actual_source(attachment);
-        let (mut areas, on) = match &source {
-            Source::Vdisk(name) => {
-                let extents = self.extents_of(name);
-                let mut areas = self.resolver.extents(&extents);
-                // A physical-device that is not the vdisk's own block
-                // device says the backend opened something else.
-                if let Some(device) = attachment.physical_device
-                    && self.index.realisation_of(device) != Some(name.as_str())
-                {
-                    // (A number no device has now names nothing that can be written.)
-                    areas.extend(self.resolver.device_number(device).unwrap_or_default());
-                }
-                (areas, self.vdisk_layers(name, &extents))
-            }
+        let areas = self.resolver.attachment(attachment, &source, &self.index);
+        let on = match &source {
+            Source::Vdisk(name) => self.vdisk_layers(name, &self.extents_of(name)),
             Source::Phy(path) | Source::File(path) => {
-                let mut areas = self.resolver.path(path).unwrap_or_default();
-                let unknown_prefix = attachment.path_after_unknown_prefix();
-                if let Some(tail) = unknown_prefix {
-                    areas.extend(self.resolver.path(&normalise(tail)).unwrap_or_default());
-                }
-                let physical = attachment
-                    .physical_device
-                    .and_then(|d| self.resolver.device_number(d));
-                areas.extend(physical.into_iter().flatten());
-                if areas.is_empty() {
-                    // Nothing on the host is at that path now. A file may
-                    // have been renamed or deleted (it is then no disk
-                    // xendisk writes); a device, or a path behind a
-                    // driver xendisk does not know, may be anything.
-                    let file = matches!(source, Source::File(_))
-                        && attachment.kind != "phy"
-                        && unknown_prefix.is_none();
-                    areas.push(if file {
-                        Area::Path(path.clone())
-                    } else {
-                        Area::Unknown(attachment.params.clone())
-                    });
-                }
-                areas.sort();
-                areas.dedup();
-                (areas, self.devices_used(path, attachment.physical_device))
+                self.devices_used(path, attachment.physical_device)
             }
         };
-        if areas.is_empty() {
-            areas.push(Area::Unknown(attachment.params.clone()));
-        }
         let mode = actual::mode_of(&attachment.mode);
         let closing = if attachment.is_closing() {
             ", being detached"
