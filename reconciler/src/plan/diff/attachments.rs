@@ -108,7 +108,9 @@ impl Builder<'_> {
                 };
                 self.diff.holders.push(Holder {
                     name: format!("domain {name} {vdev} ({}, {})", disk.source, disk.mode),
-                    owner: owner(domid),
+                    // Checked against everything, dom0's own uses included: a disk dom0
+                    // mounts and also attaches to itself is mounted twice.
+                    owner: Owner::Guest,
                     writable: disk.mode.is_writable(),
                     accepts_sharing: disk.mode == Mode::WriteShared,
                     areas,
@@ -338,7 +340,7 @@ impl Builder<'_> {
                 "{} ({source}, {mode}{closing})",
                 self.attachment_name(attachment)
             ),
-            owner: owner(attachment.domid),
+            owner: Owner::Guest,
             writable: mode.is_writable(),
             accepts_sharing: mode == Mode::WriteShared,
             areas,
@@ -409,12 +411,6 @@ impl Builder<'_> {
             }
         })
     }
-}
-
-/// An attachment is checked against everything, dom0's own uses included:
-/// a disk dom0 mounts and also attaches to itself is mounted twice.
-fn owner(_domid: u32) -> Owner {
-    Owner::Guest
 }
 
 /// Whether what is attached is what the file asks for. A `file:` naming a
