@@ -69,11 +69,8 @@ fn the_table_of_a_scattered_vdisk_matches_its_golden_file() {
 
 #[test]
 fn device_mapper_loads_the_table_where_the_kernel_has_it() {
-    if !Path::new("/dev/mapper/control").exists() {
-        common::skipped(
-            "the dmsetup test",
-            "this kernel has no device-mapper (/dev/mapper/control is missing)",
-        );
+    if let Some(reason) = common::device_mapper_unavailable() {
+        common::skipped("the dmsetup test", &reason);
         return;
     }
     if let Some(reason) = common::cannot_use_loop_devices() {
