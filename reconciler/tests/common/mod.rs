@@ -26,31 +26,6 @@ pub fn real_devices() -> std::sync::MutexGuard<'static, ()> {
 }
 
 /// Why this machine cannot run real block device tests, if it cannot.
-/// Why device-mapper cannot be used here, if it cannot. The control node
-/// is not enough: a container may have `/dev/mapper/control` from its
-/// host while the kernel it runs on has no device-mapper driver, and only
-/// the driver answering `dmsetup version` says it is there.
-pub fn device_mapper_unavailable() -> Option<String> {
-    if !Path::new("/dev/mapper/control").exists() {
-        return Some("this kernel has no device-mapper (/dev/mapper/control is missing)".into());
-    }
-    match Command::new("dmsetup").arg("version").output() {
-        Err(error) => Some(format!("dmsetup cannot be run ({error})")),
-        Ok(output) => {
-            let text = String::from_utf8_lossy(&output.stdout);
-            if output.status.success() && text.contains("Driver version") {
-                None
-            } else {
-                Some(format!(
-                    "/dev/mapper/control exists but the device-mapper driver does not answer \
-                     (`dmsetup version`: {})",
-                    String::from_utf8_lossy(&output.stderr).trim()
-                ))
-            }
-        }
-    }
-}
-
 pub fn cannot_use_loop_devices() -> Option<String> {
     if !Path::new("/dev/loop-control").exists() {
         return Some("/dev/loop-control is missing".into());

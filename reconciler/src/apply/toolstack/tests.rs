@@ -53,7 +53,7 @@ impl Setup {
     }
 
     fn xenstore(&self, timeout: Duration, force: bool) -> XenstoreToolstack {
-        XenstoreToolstack::with_client(self.client(), timeout, force)
+        XenstoreToolstack::with_client(self.client(), BackendHost::Simulated, timeout, force)
     }
 
     /// An `xl` that records its arguments, one call a line.
