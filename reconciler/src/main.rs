@@ -114,7 +114,7 @@ enum Command {
         /// Seconds a guest gets to release a disk being detached (xenstore toolstack).
         #[arg(long, value_name = "SECONDS", default_value_t = 30)]
         release_timeout: u64,
-        /// Detach without waiting for the guest to release the disk.
+        /// Detach without waiting for the guest to release the disk (xl: `block-detach --force`).
         #[arg(long)]
         force_detach: bool,
         /// Create no block devices: for a simulated host, where vdisks are attached by path.

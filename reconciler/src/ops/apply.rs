@@ -265,7 +265,9 @@ fn drivers(settings: &crate::desired::Settings, options: &ApplyOptions) -> anyho
                     force_detach,
                 )?)
             } else {
-                Box::new(toolstack::XlToolstack::connect("xl".to_owned())?)
+                let mut xl = toolstack::XlToolstack::connect("xl".to_owned())?;
+                xl.force_detach = force_detach;
+                Box::new(xl)
             })
         };
     let realiser: Box<dyn realise::Realiser> = if options.no_devices || options.simulated {
