@@ -39,9 +39,16 @@ pub enum XsError {
         source: io::Error,
     },
     #[error(
-        "a xenstore transaction failed with EAGAIN {attempts} times in a row ({what}); xenstore is too busy, try again"
+        "a xenstore transaction failed with EAGAIN {attempts} times in a row ({what}): another \
+         client kept changing nodes it used{wrote}; see what else writes there (`xenstore-watch`), \
+         then try again"
     )]
-    Busy { attempts: usize, what: String },
+    Busy {
+        attempts: usize,
+        what: String,
+        /// What the last attempt wrote, said after the sentence.
+        wrote: String,
+    },
 }
 
 impl XsError {
@@ -58,6 +65,9 @@ enum Connection {
 pub struct XsClient {
     connection: Connection,
     next_request: u32,
+    /// The nodes the current transaction attempt wrote, for the error
+    /// when it never commits.
+    written: Vec<String>,
 }
 
 /// A transaction id; 0 is "no transaction".
@@ -83,6 +93,7 @@ impl XsClient {
         Ok(XsClient {
             connection,
             next_request: 1,
+            written: Vec::new(),
         })
     }
 
@@ -99,6 +110,7 @@ impl XsClient {
         Ok(XsClient {
             connection: Connection::Socket(stream),
             next_request: 1,
+            written: Vec::new(),
         })
     }
 
@@ -195,6 +207,7 @@ impl XsClient {
     }
 
     pub fn write(&mut self, tx: Tx, path: &str, value: &str) -> Result<(), XsError> {
+        self.note_written(tx, path);
         let mut payload = nul_terminated([path.as_bytes()]);
         payload.extend_from_slice(value.as_bytes());
         self.request(MessageType::Write, tx, payload, path)
@@ -204,6 +217,7 @@ impl XsClient {
     /// Makes a node with an empty value, and the directories above it;
     /// leaves an existing node as it is.
     pub fn mkdir(&mut self, tx: Tx, path: &str) -> Result<(), XsError> {
+        self.note_written(tx, path);
         self.request(
             MessageType::Mkdir,
             tx,
@@ -215,6 +229,7 @@ impl XsClient {
 
     /// Sets a node's permissions: the first names the owner (`n0`, `b3`, ...).
     pub fn set_perms(&mut self, tx: Tx, path: &str, perms: &[String]) -> Result<(), XsError> {
+        self.note_written(tx, path);
         let parts = std::iter::once(path.as_bytes()).chain(perms.iter().map(|p| p.as_bytes()));
         self.request(MessageType::SetPerms, tx, nul_terminated(parts), path)
             .map(|_| ())
@@ -222,6 +237,7 @@ impl XsClient {
 
     /// Removes a node and its children; fine if it is already gone.
     pub fn rm(&mut self, tx: Tx, path: &str) -> Result<(), XsError> {
+        self.note_written(tx, path);
         match self.request(MessageType::Rm, tx, nul_terminated([path.as_bytes()]), path) {
             Err(e) if e.is_errno("ENOENT") => Ok(()),
             other => other.map(|_| ()),
@@ -269,13 +285,26 @@ impl XsClient {
         }
     }
 
-    /// Runs `body` in a transaction and commits it, starting again on EAGAIN.
+    fn note_written(&mut self, tx: Tx, path: &str) {
+        if tx != 0 && !self.written.iter().any(|p| p == path) {
+            self.written.push(path.to_owned());
+        }
+    }
+
+    /// Runs `body` in a transaction and commits it, starting again on
+    /// EAGAIN after a pause that grows and is jittered, so that clients
+    /// that collided do not collide again in step.
     pub fn transaction<T>(
         &mut self,
         what: &str,
         mut body: impl FnMut(&mut XsClient, Tx) -> Result<T, XsError>,
     ) -> Result<T, XsError> {
-        for _ in 0..TRANSACTION_ATTEMPTS {
+        let mut backoff = Backoff::new();
+        for attempt in 0..TRANSACTION_ATTEMPTS {
+            if attempt > 0 {
+                std::thread::sleep(backoff.next());
+            }
+            self.written.clear();
             let reply = self.request(MessageType::TransactionStart, 0, vec![0], what)?;
             let tx: Tx = String::from_utf8_lossy(reply.strip_suffix(b"\0").unwrap_or(&reply))
                 .parse()
@@ -303,11 +332,54 @@ impl XsClient {
                 Err(e) => return Err(e),
             }
         }
+        let wrote = match self.written.as_slice() {
+            [] => String::new(),
+            [one] => format!(" (it writes {one})"),
+            [first, rest @ ..] => format!(" (it writes {first} and {} more)", rest.len()),
+        };
         Err(XsError::Busy {
             attempts: TRANSACTION_ATTEMPTS,
             what: what.to_owned(),
+            wrote,
         })
     }
+}
+
+/// Pauses between transaction attempts: up to 1 ms, doubling to 200 ms,
+/// each a random part of that (full jitter).
+struct Backoff {
+    ceiling: std::time::Duration,
+    seed: u64,
+}
+
+impl Backoff {
+    fn new() -> Backoff {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let seed = now ^ u64::from(std::process::id()).rotate_left(32) ^ thread_salt();
+        Backoff {
+            ceiling: std::time::Duration::from_millis(1),
+            seed: seed | 1,
+        }
+    }
+
+    fn next(&mut self) -> std::time::Duration {
+        // xorshift64: uniform enough to spread retries apart.
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let ceiling = self.ceiling;
+        self.ceiling = (self.ceiling * 2).min(std::time::Duration::from_millis(200));
+        ceiling.mul_f64((self.seed % 1000) as f64 / 1000.0)
+    }
+}
+
+/// Differs between threads of one process started at the same instant.
+fn thread_salt() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::thread::current().id())
 }
 
 /// Sends a batch of READ requests and collects their answers by id.
