@@ -396,6 +396,53 @@ impl JsonSchema for Mode {
     }
 }
 
+// ---------------------------------------------------------------- formats
+
+/// The format of the image an attachment hands its guest (xl's `format=`,
+/// xl-disk-configuration(5)). Only a file holds anything but raw: a vdisk
+/// is raw extents, and a block device is read as it is.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+    JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// The bytes as they are.
+    #[default]
+    Raw,
+    /// QEMU copy-on-write, version 1.
+    Qcow,
+    /// QEMU copy-on-write, version 2.
+    Qcow2,
+    /// Virtual Hard Disk (qemu calls it `vpc`).
+    Vhd,
+    /// QEMU enhanced disk.
+    Qed,
+}
+
+impl Format {
+    pub fn is_raw(&self) -> bool {
+        *self == Format::Raw
+    }
+
+    /// The name xl and libxl write (`raw`, `qcow2`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Raw => "raw",
+            Format::Qcow => "qcow",
+            Format::Qcow2 => "qcow2",
+            Format::Vhd => "vhd",
+            Format::Qed => "qed",
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 // ---------------------------------------------------------------- closed enums
 
 /// How much sharing of one extent between holders is tolerated (the
@@ -535,5 +582,19 @@ mod tests {
         assert_eq!("rw".parse(), Ok(Mode::Write));
         assert_eq!("w!".parse(), Ok(Mode::WriteShared));
         assert!("rw!".parse::<Mode>().is_err());
+    }
+
+    #[test]
+    fn formats_print_as_they_are_written() {
+        for format in [
+            Format::Raw,
+            Format::Qcow,
+            Format::Qcow2,
+            Format::Vhd,
+            Format::Qed,
+        ] {
+            assert_eq!(serde_json::to_value(format).unwrap(), format.to_string());
+        }
+        assert!(Format::default().is_raw());
     }
 }

@@ -25,7 +25,7 @@ mod tests;
 use std::time::{Duration, Instant};
 
 use super::command::CommandError;
-use crate::desired::Mode;
+use crate::desired::{Format, Mode};
 use crate::xs_client::{Tx, XsClient, XsError};
 
 pub use xl::{XlToolstack, xl_disk_spec};
@@ -50,6 +50,8 @@ pub struct AttachRequest {
     /// `phy` for a block device, `file` for an image file.
     pub kind: &'static str,
     pub mode: Mode,
+    /// The image format of the target: raw but for an image file.
+    pub format: Format,
 }
 
 /// One attachment to take away.

@@ -104,6 +104,7 @@ fn attach(target: &str) -> AttachRequest {
         target: target.into(),
         kind: "phy",
         mode: Mode::Write,
+        format: Format::Raw,
     }
 }
 

@@ -43,8 +43,8 @@ pub fn xl_disk_spec(request: &AttachRequest) -> String {
         "r"
     };
     format!(
-        "format=raw, vdev={}, access={access}, target={}",
-        request.vdev, request.target
+        "format={}, vdev={}, access={access}, target={}",
+        request.format, request.vdev, request.target
     )
 }
 
@@ -106,5 +106,35 @@ impl Toolstack for XlToolstack {
                 state.as_deref().unwrap_or("missing")
             ),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::{Format, Mode};
+
+    #[test]
+    fn the_disk_spec_names_the_format() {
+        let mut request = AttachRequest {
+            domain: "guest1".into(),
+            domid: 4,
+            vdev: "xvdb".into(),
+            devid: 51728,
+            target: "/var/lib/xen/images/a,b.qcow2".into(),
+            kind: "file",
+            mode: Mode::Read,
+            format: Format::Qcow2,
+        };
+        assert_eq!(
+            xl_disk_spec(&request),
+            "format=qcow2, vdev=xvdb, access=r, target=/var/lib/xen/images/a,b.qcow2"
+        );
+        request.format = Format::Raw;
+        request.mode = Mode::WriteShared;
+        assert_eq!(
+            xl_disk_spec(&request),
+            "format=raw, vdev=xvdb, access=rw, target=/var/lib/xen/images/a,b.qcow2"
+        );
     }
 }
