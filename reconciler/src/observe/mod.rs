@@ -43,8 +43,8 @@ pub struct HostState {
     /// What the paths holders name resolve to (attachments' `params`, loop
     /// devices' backing files), by path.
     pub paths: Vec<ResolvedPath>,
-    /// Domids whose bootloader (pygrub) libxl is running in dom0, from its
-    /// run files: see [`bootloader`].
+    /// Domids whose bootloader (pygrub) libxl is running in dom0: those
+    /// with a `bootloader.<domid>.out` in /var/lib/xen or /run/xen.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bootloader_runs: Vec<u32>,
 }
