@@ -401,11 +401,7 @@ impl JsonSchema for Mode {
 /// The format of the image an attachment hands its guest (xl's `format=`,
 /// xl-disk-configuration(5)). Only a file holds anything but raw: a vdisk
 /// is raw extents, and a block device is read as it is.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-    JsonSchema,
-)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Format {
     /// The bytes as they are.
     #[default]
@@ -437,9 +433,50 @@ impl Format {
     }
 }
 
+const FORMATS: [Format; 5] = [
+    Format::Raw,
+    Format::Qcow,
+    Format::Qcow2,
+    Format::Vhd,
+    Format::Qed,
+];
+
+impl FromStr for Format {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Format, String> {
+        FORMATS
+            .into_iter()
+            .find(|format| format.name() == text)
+            .ok_or_else(|| {
+                format!(
+                    "invalid format \"{text}\"; expected \"raw\" (the default), \"qcow\", \
+                     \"qcow2\", \"vhd\" or \"qed\": the image formats xl takes \
+                     (xl-disk-configuration(5))"
+                )
+            })
+    }
+}
+
 impl fmt::Display for Format {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+string_serde!(Format);
+
+impl JsonSchema for Format {
+    fn schema_name() -> Cow<'static, str> {
+        "Format".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "The image format of a file source, as xl takes it: raw (the default), qcow, qcow2, vhd or qed. A vdisk or a block device is raw.",
+            "type": "string",
+            "enum": ["raw", "qcow", "qcow2", "vhd", "qed"]
+        })
     }
 }
 
@@ -586,15 +623,13 @@ mod tests {
 
     #[test]
     fn formats_print_as_they_are_written() {
-        for format in [
-            Format::Raw,
-            Format::Qcow,
-            Format::Qcow2,
-            Format::Vhd,
-            Format::Qed,
-        ] {
+        for format in FORMATS {
             assert_eq!(serde_json::to_value(format).unwrap(), format.to_string());
+            assert_eq!(format.name().parse(), Ok(format));
         }
         assert!(Format::default().is_raw());
+        for bad in ["", "QCOW2", "vmdk", "aio", "vpc"] {
+            assert!(bad.parse::<Format>().is_err(), "{bad:?} accepted");
+        }
     }
 }

@@ -58,7 +58,12 @@ pub(super) fn runs(root: &Path) -> Result<Vec<u32>, ObserveError> {
     for dir in RUN_DIRS {
         let entries = match fs::read_dir(under(root, dir)) {
             Ok(entries) => entries,
-            Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) =>
+            {
                 continue;
             }
             Err(source) => {
@@ -144,7 +149,10 @@ mod tests {
         fs::write(run.join("bootloader.12.out"), "").unwrap();
         fs::write(run.join("bootloader.7.out"), "").unwrap();
         assert_eq!(runs(root.path()).unwrap(), vec![7, 12]);
-        assert_eq!(runs(&root.path().join("nothing")).unwrap(), Vec::<u32>::new());
+        assert_eq!(
+            runs(&root.path().join("nothing")).unwrap(),
+            Vec::<u32>::new()
+        );
     }
 
     #[test]

@@ -127,7 +127,11 @@ mod tests {
     #[test]
     fn the_format_is_read_from_the_prefixes_and_the_backend() {
         let cases = [
-            ("qdisk", "qcow2:/var/lib/xen/images/a.qcow2", Ok(Format::Qcow2)),
+            (
+                "qdisk",
+                "qcow2:/var/lib/xen/images/a.qcow2",
+                Ok(Format::Qcow2),
+            ),
             ("qdisk", "aio:/srv/a.img", Ok(Format::Raw)),
             ("qdisk", "raw:/srv/a.img", Ok(Format::Raw)),
             ("qdisk", "/srv/a.img", Ok(Format::Raw)),
