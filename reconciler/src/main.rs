@@ -114,7 +114,7 @@ enum Command {
         /// Seconds a guest gets to release a disk being detached (xenstore toolstack).
         #[arg(long, value_name = "SECONDS", default_value_t = 30)]
         release_timeout: u64,
-        /// Detach without waiting for the guest to release the disk.
+        /// Detach without waiting for the guest to release the disk (xl: `block-detach --force`).
         #[arg(long)]
         force_detach: bool,
         /// Create no block devices: for a simulated host, where vdisks are attached by path.
@@ -126,6 +126,13 @@ enum Command {
         /// Make attachments this way for this run, whatever settings.toolstack says.
         #[arg(long, value_enum)]
         toolstack: Option<ToolstackChoice>,
+        /// Where the hotplug scripts are that the xenstore toolstack runs, as libxl does.
+        #[arg(long, value_name = "DIR", default_value = xendisk::apply::toolstack::SCRIPT_DIR)]
+        hotplug_scripts: PathBuf,
+        /// Run no hotplug script and wait for no backend driver (xenstore toolstack): for a
+        /// simulated xenstored, where nothing takes a backend up (implied by --sim).
+        #[arg(long, env = "XENDISK_NO_HOTPLUG", value_parser = clap::builder::BoolishValueParser::new())]
+        no_hotplug: bool,
     },
     /// Print the plan's operations and their order as a Graphviz graph.
     Graph {
@@ -349,6 +356,8 @@ fn run_command(cli: Cli, simulated: bool, console: &mut Console<'_>) -> anyhow::
             no_devices,
             toolstack,
             parallelism,
+            hotplug_scripts,
+            no_hotplug,
         } => {
             let colour = colour_on(&std::io::stdout());
             let options = ops::ApplyOptions {
@@ -366,6 +375,13 @@ fn run_command(cli: Cli, simulated: bool, console: &mut Console<'_>) -> anyhow::
                     ToolstackChoice::Xenstore => xendisk::desired::Toolstack::Xenstore,
                 }),
                 simulated,
+                hotplug: if no_hotplug || simulated {
+                    xendisk::apply::toolstack::BackendHost::Simulated
+                } else {
+                    xendisk::apply::toolstack::BackendHost::Dom0 {
+                        scripts: hotplug_scripts,
+                    }
+                },
                 pinned_time: pinned_now()?,
                 colour,
             };

@@ -201,6 +201,18 @@ impl XsClient {
             .map(|_| ())
     }
 
+    /// Makes a node with an empty value, and the directories above it;
+    /// leaves an existing node as it is.
+    pub fn mkdir(&mut self, tx: Tx, path: &str) -> Result<(), XsError> {
+        self.request(
+            MessageType::Mkdir,
+            tx,
+            nul_terminated([path.as_bytes()]),
+            path,
+        )
+        .map(|_| ())
+    }
+
     /// Sets a node's permissions: the first names the owner (`n0`, `b3`, ...).
     pub fn set_perms(&mut self, tx: Tx, path: &str, perms: &[String]) -> Result<(), XsError> {
         let parts = std::iter::once(path.as_bytes()).chain(perms.iter().map(|p| p.as_bytes()));

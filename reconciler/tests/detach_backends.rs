@@ -18,7 +18,7 @@ use host::fake_xl::{FakeXl, lines};
 use host::{DOMAINS, Host, Wire, assert_exit, attachment_dump, text};
 use xendisk::apply::realise::PathOnly;
 use xendisk::apply::toolstack::{
-    AttachRequest, DetachRequest, Toolstack, ToolstackError, XenstoreToolstack,
+    AttachRequest, BackendHost, DetachRequest, Toolstack, ToolstackError, XenstoreToolstack,
 };
 use xendisk::apply::{Drivers, execute};
 use xendisk::desired::{Settings, Sharing};
@@ -399,7 +399,12 @@ fn execute_fails_a_detach_whose_attachment_is_not_where_the_plan_saw_it() {
     );
     let host = Host::seeded(&dump, GuestPolicy::default(), Faults::default());
     let client = XsClient::connect_to(host.simulator.socket()).unwrap();
-    let toolstack = XenstoreToolstack::with_client(client, Duration::from_secs(5), false);
+    let toolstack = XenstoreToolstack::with_client(
+        client,
+        BackendHost::Simulated,
+        Duration::from_secs(5),
+        false,
+    );
     let error = execute_detaches(&[("qdisk", false)], Box::new(toolstack)).unwrap_err();
     assert_eq!(
         error.to_string(),

@@ -7,6 +7,7 @@
 mod common;
 
 use std::path::Path;
+use std::process::Command;
 
 use xendisk::apply::realise::{DeviceMapper, RealiseRequest, Realiser, dm_table};
 use xendisk::desired::{Expiry, Size};
@@ -69,11 +70,8 @@ fn the_table_of_a_scattered_vdisk_matches_its_golden_file() {
 
 #[test]
 fn device_mapper_loads_the_table_where_the_kernel_has_it() {
-    if !Path::new("/dev/mapper/control").exists() {
-        common::skipped(
-            "the dmsetup test",
-            "this kernel has no device-mapper (/dev/mapper/control is missing)",
-        );
+    if let Some(reason) = device_mapper_unavailable() {
+        common::skipped("the dmsetup test", &reason);
         return;
     }
     if let Some(reason) = common::cannot_use_loop_devices() {
@@ -106,4 +104,29 @@ fn device_mapper_loads_the_table_where_the_kernel_has_it() {
     DeviceMapper.unrealise(&request).unwrap();
     assert_eq!(format!("{loaded}\n"), dm_table(&extents), "{path}");
     assert!(!Path::new(&path).exists());
+}
+
+/// Why device-mapper cannot be used here, if it cannot. The control node
+/// is not enough: a container may have `/dev/mapper/control` from its
+/// host while the kernel it runs on has no device-mapper driver, and only
+/// the driver answering `dmsetup version` says it is there.
+fn device_mapper_unavailable() -> Option<String> {
+    if !Path::new("/dev/mapper/control").exists() {
+        return Some("this kernel has no device-mapper (/dev/mapper/control is missing)".into());
+    }
+    match Command::new("dmsetup").arg("version").output() {
+        Err(error) => Some(format!("dmsetup cannot be run ({error})")),
+        Ok(output) => {
+            let text = String::from_utf8_lossy(&output.stdout);
+            if output.status.success() && text.contains("Driver version") {
+                None
+            } else {
+                Some(format!(
+                    "/dev/mapper/control exists but the device-mapper driver does not answer \
+                     (`dmsetup version`: {})",
+                    String::from_utf8_lossy(&output.stderr).trim()
+                ))
+            }
+        }
+    }
 }

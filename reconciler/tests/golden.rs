@@ -104,6 +104,8 @@ fn run_commands(dir: &Path, commands: &[&str]) -> Outcome {
             .env("TZ", "UTC")
             .env("XENDISK_NOW", GOLDEN_NOW)
             .env("XENSTORED_PATH", &socket)
+            // A simulated xenstored: no blkback takes a backend up.
+            .env("XENDISK_NO_HOTPLUG", "1")
             .env("XENDISK_STATE", &state)
             .output()
             .expect("xendisk runs");

@@ -150,11 +150,12 @@ fn concurrent_sim_commands_never_hang_and_agree() {
             assert_eq!(code, Some(0), "round {round}: {text}");
         }
         let kept = fs::read_to_string(demo.join(".sim/xenstore.xs")).unwrap();
-        assert_eq!(
-            kept.matches("params = \"/dev/mapper/xendisk-guest1-root\"")
-                .count(),
-            1,
-            "round {round}: {kept}"
-        );
+        // One backend (libxl's record beside it holds a copy of its nodes).
+        let backends = kept
+            .lines()
+            .filter(|line| line.contains("/backend/vbd/"))
+            .filter(|line| line.ends_with("params = \"/dev/mapper/xendisk-guest1-root\""))
+            .count();
+        assert_eq!(backends, 1, "round {round}: {kept}");
     }
 }

@@ -41,6 +41,8 @@ fn run_with(host: &Host, state: &Path, root: &Path, args: &[&str]) -> Output {
         .arg(root)
         .current_dir(host.dir.path())
         .env("XENSTORED_PATH", host.simulator.socket())
+        // A simulated xenstored: no blkback takes a backend up.
+        .env("XENDISK_NO_HOTPLUG", "1")
         .env("NO_COLOR", "1")
         .env_remove("XENDISK_NOW")
         .env_remove("XENDISK_STATE")

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::model::{Desired, Disk, Pool, Vdisk};
 use super::parse::{Point, Step, Undecoded};
-use super::values::{SECTOR_BYTES, Size, Source};
+use super::values::{Mode, SECTOR_BYTES, Size, Source, Toolstack};
 use crate::vdev::Vdev;
 
 /// Longest vdisk name: a device-mapper name holds 127 bytes, less `xendisk-`.
@@ -40,6 +40,7 @@ pub fn validate(desired: &Desired, capacities: &Capacities, undecoded: &Undecode
     check_pools(desired, undecoded, &mut findings);
     check_vdisks(desired, capacities, undecoded, &mut findings);
     check_domains(desired, undecoded, &mut findings);
+    check_shared_writers(desired, &mut findings);
     findings.0
 }
 
@@ -310,6 +311,45 @@ fn check_format(domain: &str, vdev: &str, disk: &Disk, at: Vec<Step>, findings: 
         "a format other than raw is for image files: source = \"file:/PATH\"; \
          remove `format` (or write format = \"raw\")",
     );
+}
+
+/// `w!` in more than one domain under `toolstack = "xl"`: xl's access is
+/// only `r` or `rw`, and Xen's `block` hotplug script refuses a device
+/// another domain already writes (tools/hotplug/Linux/block,
+/// `check_sharing`), so the second attach would fail on the host after the
+/// first had been made. The xenstore toolstack writes mode `w!`, for which
+/// the script skips that check.
+fn check_shared_writers(desired: &Desired, findings: &mut Findings) {
+    if desired.settings.toolstack != Toolstack::Xl {
+        return;
+    }
+    // Source to the first domain that writes it with `w!`.
+    let mut first: HashMap<String, &str> = HashMap::new();
+    for (name, domain) in &desired.domains {
+        for (vdev, disk) in &domain.disks {
+            if disk.mode != Mode::WriteShared {
+                continue;
+            }
+            let source = disk.source.to_string();
+            match first.get(source.as_str()) {
+                None => {
+                    first.insert(source, name);
+                }
+                Some(other) if *other != name.as_str() => findings.add(
+                    path(&["domains", name, "disks", vdev, "mode"]),
+                    Point::Value,
+                    format!(
+                        "{source} is written by domains `{other}` and `{name}` (`w!`), which \
+                         toolstack \"xl\" cannot attach: xl has no `w!` access, and Xen's block \
+                         hotplug script refuses a second writer"
+                    ),
+                    "set toolstack = \"xenstore\" in [settings] (it writes mode `w!`, which the \
+                     script accepts), or let only one domain write the disk",
+                ),
+                Some(_) => {}
+            }
+        }
+    }
 }
 
 fn known<'a>(what: &str, names: impl Iterator<Item = &'a String>) -> String {

@@ -36,6 +36,8 @@ pub struct ApplyOptions {
     /// A simulated host (`--sim`): attachments go straight to its xenstore,
     /// as the toolstack would write them, and no block device is made.
     pub simulated: bool,
+    /// What takes a backend up after the xenstore toolstack wrote it.
+    pub hotplug: toolstack::BackendHost,
     pub colour: bool,
 }
 
@@ -281,15 +283,19 @@ fn drivers(settings: &crate::desired::Settings, options: &ApplyOptions) -> anyho
     let direct = direct(settings, options);
     let (release_timeout, force_detach) = (options.release_timeout, options.force_detach);
     let host_root = options.actual.host_root.clone();
+    let hotplug = options.hotplug.clone();
     let make =
         move || -> Result<Box<dyn toolstack::Toolstack + Send>, toolstack::ToolstackError> {
             Ok(if direct {
                 Box::new(toolstack::XenstoreToolstack::connect(
+                    hotplug.clone(),
                     release_timeout,
                     force_detach,
                 )?)
             } else {
-                Box::new(toolstack::XlToolstack::connect("xl".to_owned())?)
+                let mut xl = toolstack::XlToolstack::connect("xl".to_owned())?;
+                xl.force_detach = force_detach;
+                Box::new(xl)
             })
         };
     let realiser: Box<dyn realise::Realiser> = if options.no_devices || options.simulated {

@@ -240,10 +240,10 @@ impl<'a> Resolver<'a> {
                 // Nothing on the host is at that path now. A file may have
                 // been renamed or deleted (it is then no disk xendisk
                 // writes); a device, or a path behind a driver xendisk does
-                // not know, may be anything.
-                let file = matches!(source, Source::File(_))
-                    && attachment.kind != "phy"
-                    && unknown_prefix.is_none();
+                // not know, may be anything. The backend's `type` says
+                // nothing here: libxl writes `phy` for image files too, and
+                // the hotplug script looks at what the path is.
+                let file = matches!(source, Source::File(_)) && unknown_prefix.is_none();
                 if areas.is_empty() && file {
                     areas.push(Area::Path(path.clone()));
                 }

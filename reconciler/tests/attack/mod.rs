@@ -109,6 +109,8 @@ impl Host {
             .arg(&self.root)
             .current_dir(self.dir.path())
             .env("XENSTORED_PATH", self.simulator.socket())
+            // A simulated xenstored: no blkback takes a backend up.
+            .env("XENDISK_NO_HOTPLUG", "1")
             .env("NO_COLOR", "1")
             .env_remove("XENDISK_NOW");
         command

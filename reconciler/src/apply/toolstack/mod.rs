@@ -17,17 +17,22 @@
 //! id that any backend kind already holds: the frontend directory is the
 //! same for every kind, so a second backend would take it over.
 
+pub mod hotplug;
+mod xenstore;
 mod xl;
 
 #[cfg(test)]
+mod dom0_tests;
+#[cfg(test)]
 mod tests;
 
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
 
 use super::command::CommandError;
 use crate::desired::{Format, Mode};
 use crate::xs_client::{Tx, XsClient, XsError};
 
+pub use xenstore::{BackendHost, SCRIPT_DIR, XenstoreToolstack};
 pub use xl::{XlToolstack, xl_disk_spec};
 
 /// XenbusState values (xen/include/public/io/xenbus.h).
@@ -130,6 +135,31 @@ pub enum ToolstackError {
         /// Its `online` and `state`, as read after xl returned.
         seen: String,
     },
+    #[error(
+        "blkback did not take up {path} within {seconds}s (its state is {state}), so {vdev} was not \
+         attached to domain {domain}: is the xen-blkback module loaded (`modprobe xen-blkback`)? \
+         Nothing was left behind; apply again once it is"
+    )]
+    NotTakenUp {
+        domain: String,
+        vdev: String,
+        path: String,
+        seconds: u64,
+        state: String,
+    },
+    #[error(
+        "the hotplug script {script} refused {vdev} of domain {domain}: {error}; the attempt was \
+         undone and nothing is attached there"
+    )]
+    Hotplug {
+        domain: String,
+        vdev: String,
+        script: PathBuf,
+        /// The script's `hotplug-error`, else what it printed.
+        error: String,
+    },
+    #[error("{0}; is Xen's hotplug package (xen-utils) installed?")]
+    HotplugSpawn(hotplug::SpawnError),
     #[error(transparent)]
     Command(#[from] CommandError),
 }
@@ -231,187 +261,4 @@ fn existing_attachment(
         }));
     }
     Ok(None)
-}
-
-/// Attaching by writing the nodes a toolstack writes, in one transaction.
-pub struct XenstoreToolstack {
-    client: XsClient,
-    /// How long a guest gets to close its frontend.
-    pub release_timeout: Duration,
-    /// Remove the nodes without waiting for the guest.
-    pub force_detach: bool,
-}
-
-impl XenstoreToolstack {
-    pub fn connect(
-        release_timeout: Duration,
-        force_detach: bool,
-    ) -> Result<XenstoreToolstack, ToolstackError> {
-        let client = XsClient::connect().map_err(ToolstackError::Connect)?;
-        Ok(XenstoreToolstack::with_client(
-            client,
-            release_timeout,
-            force_detach,
-        ))
-    }
-
-    pub fn with_client(
-        client: XsClient,
-        release_timeout: Duration,
-        force_detach: bool,
-    ) -> XenstoreToolstack {
-        XenstoreToolstack {
-            client,
-            release_timeout,
-            force_detach,
-        }
-    }
-
-    /// Waits until the backend is Closed (its guest closed the frontend and
-    /// the backend driver followed) or gone.
-    fn wait_for_release(
-        &mut self,
-        request: &DetachRequest,
-        backend: &str,
-        frontend: &str,
-    ) -> Result<(), ToolstackError> {
-        let deadline = Instant::now() + self.release_timeout;
-        loop {
-            let state = self.client.read(0, &format!("{backend}/state"))?;
-            if state.as_deref().map(str::trim) == Some(CLOSED) || state.is_none() {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                let frontend_state = self
-                    .client
-                    .read(0, &format!("{frontend}/state"))?
-                    .unwrap_or_else(|| "gone".into());
-                return Err(ToolstackError::NotReleased {
-                    domain: request.domain.clone(),
-                    vdev: request.vdev.clone(),
-                    seconds: self.release_timeout.as_secs(),
-                    state: frontend_state,
-                });
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Toolstack for XenstoreToolstack {
-    fn attach(&mut self, request: &AttachRequest) -> Result<(), ToolstackError> {
-        let backend = backend_path("vbd", request.domid, request.devid);
-        let frontend = frontend_path(request.domid, request.devid);
-        let what = format!("attach {} {}", request.domain, request.vdev);
-        let existing = self.client.transaction(&what, |client, tx| {
-            if let Some(existing) = existing_attachment(client, tx, request.domid, request.devid)? {
-                return Ok(Some(existing));
-            }
-            let domid = request.domid.to_string();
-            // Backend, owned by dom0, readable by the guest
-            // (xen's docs/misc/xenstore-paths, "Backend device paths").
-            // `w!` as xm wrote it: blkback opens any mode containing `w`
-            // read-write, and the block hotplug script skips its sharing
-            // check for it; xendisk has made that check itself.
-            let mode = match request.mode {
-                Mode::Read => "r",
-                Mode::Write => "w",
-                Mode::WriteShared => "w!",
-            };
-            let backend_nodes = [
-                ("frontend", frontend.as_str()),     // where the guest's half is
-                ("frontend-id", domid.as_str()),     // the guest's domid
-                ("online", "1"),                     // 0 asks the backend to go away
-                ("removable", "0"),                  // not a CD-ROM tray
-                ("bootable", "1"),                   // may be booted from
-                ("state", INITIALISING),             // XenbusState; blkback moves it on
-                ("dev", request.vdev.as_str()),      // the guest-side name
-                ("type", request.kind),              // phy or file: what the hotplug script opens
-                ("mode", mode),                      // r, w, or w! (sharing accepted)
-                ("device-type", "disk"),             // not a cdrom
-                ("params", request.target.as_str()), // the device or file itself
-            ];
-            for (leaf, value) in backend_nodes {
-                client.write(tx, &format!("{backend}/{leaf}"), value)?;
-            }
-            client.set_perms(tx, &backend, &["n0".to_owned(), format!("r{domid}")])?;
-            // Frontend, owned by the guest, readable by dom0.
-            let devid = request.devid.to_string();
-            let frontend_nodes = [
-                ("backend", backend.as_str()),      // where dom0's half is
-                ("backend-id", "0"),                // the backend's domid
-                ("state", INITIALISING),            // the guest's driver moves it on
-                ("virtual-device", devid.as_str()), // the device id (xen-vbd-interface(7))
-                ("device-type", "disk"),
-            ];
-            for (leaf, value) in frontend_nodes {
-                client.write(tx, &format!("{frontend}/{leaf}"), value)?;
-            }
-            client.set_perms(tx, &frontend, &[format!("n{domid}"), "r0".to_owned()])?;
-            Ok(None)
-        })?;
-        match existing {
-            None => Ok(()),
-            // Made already, as this toolstack makes it (by an earlier run
-            // stopped before it could record so): left as it is.
-            Some(existing)
-                if existing.kind == "vbd"
-                    && existing.params == request.target
-                    && !existing.closing =>
-            {
-                Ok(())
-            }
-            Some(existing) => Err(existing.occupies(request)),
-        }
-    }
-
-    fn detach(&mut self, request: &DetachRequest) -> Result<(), ToolstackError> {
-        let kind = detach_kind(request)?;
-        let backend = backend_path(kind, request.domid, request.devid);
-        let frontend = frontend_path(request.domid, request.devid);
-        let what = format!("detach {} {}", request.domain, request.vdev);
-        // Ask the backend to go: offline, and Closing unless already Closed.
-        // `None`: nothing there; `Some(false)`: a backend without a state,
-        // which no driver has taken up (the toolstack writes the state with
-        // the other nodes and the driver moves it on), so no one to wait for.
-        let found = self.client.transaction(&what, |client, tx| {
-            if client.directory(tx, &backend)?.is_none() {
-                return Ok(None);
-            }
-            let Some(state) = client.read(tx, &format!("{backend}/state"))? else {
-                return Ok(Some(false));
-            };
-            client.write(tx, &format!("{backend}/online"), "0")?;
-            if state.trim() != CLOSED {
-                client.write(tx, &format!("{backend}/state"), CLOSING)?;
-            }
-            Ok(Some(true))
-        })?;
-        let Some(driven) = found else {
-            return Err(vanished(request, backend));
-        };
-        if driven && !self.force_detach {
-            self.wait_for_release(request, &backend, &frontend)?;
-        }
-        self.client.transaction(&what, |client, tx| {
-            client.rm(tx, &backend)?;
-            // The frontend is this attachment's unless it names another
-            // backend: then it belongs to one made since, which stays.
-            let owner = client.read(tx, &format!("{frontend}/backend"))?;
-            if owner.is_none_or(|owner| owner == backend) {
-                client.rm(tx, &frontend)?;
-            }
-            // The guest's last disk of this kind takes its (empty) backend
-            // directory with it.
-            let parent = format!("/local/domain/0/backend/{kind}/{}", request.domid);
-            if client
-                .directory(tx, &parent)?
-                .is_some_and(|children| children.is_empty())
-            {
-                client.rm(tx, &parent)?;
-            }
-            Ok(())
-        })?;
-        Ok(())
-    }
 }

@@ -53,7 +53,7 @@ impl Setup {
     }
 
     fn xenstore(&self, timeout: Duration, force: bool) -> XenstoreToolstack {
-        XenstoreToolstack::with_client(self.client(), timeout, force)
+        XenstoreToolstack::with_client(self.client(), BackendHost::Simulated, timeout, force)
     }
 
     /// An `xl` that records its arguments, one call a line.
@@ -277,4 +277,12 @@ fn xl_detach_is_checked_in_xenstore_afterwards() {
         .write(0, &format!("{}/online", backend_path("vbd3", 4, XVDA)), "0")
         .unwrap();
     xl.detach(&detach("vbd3")).unwrap();
+    // Forced, xl is told not to wait for the guest.
+    xl.force_detach = true;
+    xl.detach(&detach("vbd3")).unwrap();
+    assert!(
+        recorded(&log).ends_with("block-detach|--force|4|51712|\n"),
+        "{}",
+        recorded(&log)
+    );
 }

@@ -15,6 +15,8 @@ pub struct XlToolstack {
     client: XsClient,
     /// The `xl` to run (a path, or looked up on PATH).
     pub program: String,
+    /// Detach without waiting for the guest (`xl block-detach --force`).
+    pub force_detach: bool,
 }
 
 impl XlToolstack {
@@ -24,7 +26,11 @@ impl XlToolstack {
     }
 
     pub fn with_client(client: XsClient, program: String) -> XlToolstack {
-        XlToolstack { client, program }
+        XlToolstack {
+            client,
+            program,
+            force_detach: false,
+        }
     }
 
     fn run(&self, args: &[String]) -> Result<(), ToolstackError> {
@@ -79,11 +85,14 @@ impl Toolstack for XlToolstack {
         }
         // The device id, which is what xenstore keys on; xl takes it as
         // well as a vdev name.
-        self.run(&[
-            "block-detach".into(),
-            request.domid.to_string(),
-            request.devid.to_string(),
-        ])?;
+        // Without --force, libxl waits for the guest to close the device
+        // and fails if it does not (`libxl_device_disk_safe_remove`).
+        let mut args = vec!["block-detach".to_owned()];
+        if self.force_detach {
+            args.push("--force".into());
+        }
+        args.extend([request.domid.to_string(), request.devid.to_string()]);
+        self.run(&args)?;
         // xl returns once the backend has closed and libxl has removed its
         // nodes, or is removing them; anything else is not a detach, and
         // the steps after this one must not take the disk for free.
