@@ -1,12 +1,15 @@
 //! Observing the host: what xenstore says is attached to which domain, and
 //! what dom0 itself uses (mounts, swap, device-mapper/md/LVM holders, loop
 //! devices), with the block device table needed to turn any of it into
-//! sector ranges on whole disks.
+//! sector ranges on whole disks, and which guests libxl is running a
+//! bootloader for (whose temporary Domain-0 attaches are libxl's:
+//! [`bootloader`]).
 //!
 //! Observation only reads: xenstore through the xenstore-rs client, and
-//! `/proc` and `/sys` under a root prefix (`--host-root`), so a captured tree
-//! can stand in for a live host. The result, [`HostState`], is plain data and
-//! is exactly what a snapshot file holds.
+//! `/proc`, `/sys` and libxl's run directories under a root prefix
+//! (`--host-root`), so a captured tree can stand in for a live host. The
+//! result, [`HostState`], is plain data and is exactly what a snapshot file
+//! holds.
 
 pub mod bootloader;
 pub mod devices;
