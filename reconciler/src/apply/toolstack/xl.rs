@@ -64,8 +64,12 @@ impl Toolstack for XlToolstack {
         {
             // xl picks the backend kind itself (qdisk for an image file,
             // with a format before the path in `params`), so the same
-            // target under any kind is this attachment, made already.
-            if params::parse(&existing.params).path == request.target && !existing.closing {
+            // target in the same format under any kind is this
+            // attachment, made already.
+            if params::parse(&existing.params).path == request.target
+                && params::format(existing.kind, &existing.params) == Ok(request.format)
+                && !existing.closing
+            {
                 return Ok(());
             }
             return Err(existing.occupies(request));
