@@ -29,7 +29,7 @@ mod tests;
 use std::path::PathBuf;
 
 use super::command::CommandError;
-use crate::desired::Mode;
+use crate::desired::{Format, Mode};
 use crate::xs_client::{Tx, XsClient, XsError};
 
 pub use xenstore::{BackendHost, SCRIPT_DIR, XenstoreToolstack};
@@ -55,6 +55,8 @@ pub struct AttachRequest {
     /// `phy` for a block device, `file` for an image file.
     pub kind: &'static str,
     pub mode: Mode,
+    /// The image format of the target: raw but for an image file.
+    pub format: Format,
 }
 
 /// One attachment to take away.
