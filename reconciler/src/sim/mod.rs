@@ -8,6 +8,7 @@
 //! replies). It owns only its own store; it never touches the host.
 
 pub mod dump;
+pub mod perms;
 mod server;
 pub mod store;
 
@@ -93,6 +94,10 @@ impl Simulator {
             .ok()
             .map(|m| (m.dev(), m.ino()));
         let waker = listener.try_clone()?;
+        let mut store = store;
+        if perms::unrecorded(&store) {
+            perms::assume_as_on_a_xen_host(&mut store);
+        }
         let shared = Arc::new(server::Shared::new(store, guests, faults));
         let acceptor = {
             let shared = Arc::clone(&shared);
@@ -109,6 +114,16 @@ impl Simulator {
 
     pub fn socket(&self) -> &Path {
         &self.socket
+    }
+
+    /// A connection that acts as domain `domid`, its requests checked
+    /// against each node's permissions as xenstored checks a guest's (a
+    /// connection to the socket is dom0's, which may do anything).
+    pub fn connect_as(&self, domid: u32) -> io::Result<std::os::unix::net::UnixStream> {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        let shared = Arc::clone(&self.shared);
+        std::thread::spawn(move || shared.serve(theirs, domid));
+        Ok(ours)
     }
 
     /// A copy of the whole store as it is now.

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use super::perms::{self, Access};
 use super::store::{Errno, Store, elements};
 use super::{Faults, GuestPolicy};
 use crate::xs_wire::{Message, MessageType, PAYLOAD_MAX, nul_terminated};
@@ -71,6 +72,47 @@ enum Op {
 }
 
 impl Op {
+    /// What `domid` may do of it on `store`: refused as xenstored refuses
+    /// it, else the operation and, for a guest, the ownership of the nodes
+    /// it makes ("domains own what they create").
+    fn as_done_by(&self, store: &Store, domid: u32) -> Result<Vec<Op>, Errno> {
+        match self {
+            Op::Rm(path) => perms::check(store, path, domid, Access::Write)?,
+            Op::SetPerms(path, new) => {
+                let current = store.get_perms(path)?;
+                if domid != 0 {
+                    if perms::owner(current) != Some(domid) {
+                        return Err(Errno::Eacces);
+                    }
+                    // A guest cannot give its node away.
+                    if perms::owner(new) != Some(domid) {
+                        return Err(Errno::Eperm);
+                    }
+                }
+            }
+            Op::Write(path, _) | Op::Mkdir(path) => perms::check_write(store, path, domid)?,
+        }
+        let mut ops = vec![self.clone()];
+        if let (Op::Write(path, _) | Op::Mkdir(path), true) = (self, domid != 0) {
+            let mut made = Vec::new();
+            let mut at = path.as_str();
+            while !store.exists(at) {
+                made.push(at.to_owned());
+                at = parent(at);
+            }
+            let inherited = store.get_perms(at)?.to_vec();
+            for node in made.into_iter().rev() {
+                let mut owned = inherited.clone();
+                if let Some(first) = owned.first_mut() {
+                    let letter = first.chars().next().unwrap_or('n');
+                    *first = format!("{letter}{domid}");
+                }
+                ops.push(Op::SetPerms(node, owned));
+            }
+        }
+        Ok(ops)
+    }
+
     fn apply(&self, store: &mut Store) -> Result<(), Errno> {
         match self {
             Op::Write(path, value) => store.write(path, value),
@@ -158,6 +200,13 @@ struct Watch {
     token: Vec<u8>,
 }
 
+/// Who sent a request: its connection, and the domain it acts as.
+#[derive(Debug, Clone, Copy)]
+struct Client {
+    connection: u64,
+    domid: u32,
+}
+
 /// A reply payload, and the `(path, token)` of a watch the request added.
 type Answer = (Vec<u8>, Option<(String, Vec<u8>)>);
 
@@ -208,8 +257,9 @@ impl Shared {
         self.lock().store.clone()
     }
 
-    /// Serves one client until it disconnects (or a fault drops it).
-    pub(super) fn serve(self: &Arc<Shared>, stream: UnixStream) {
+    /// Serves one client, acting as domain `domid`, until it disconnects
+    /// (or a fault drops it).
+    pub(super) fn serve(self: &Arc<Shared>, stream: UnixStream, domid: u32) {
         let connection = self.next_connection.fetch_add(1, Ordering::Relaxed);
         let (outbox, replies) = mpsc::channel::<Message>();
         let Ok(write_half) = stream.try_clone() else {
@@ -247,7 +297,7 @@ impl Shared {
             if !self.faults.reply_delay.is_zero() {
                 std::thread::sleep(self.faults.reply_delay);
             }
-            let watch_added = self.handle(connection, &request, &outbox);
+            let watch_added = self.handle(connection, domid, &request, &outbox);
             if let Some((path, token)) = watch_added {
                 // A new watch fires once at once, after its reply.
                 let _ = outbox.send(watch_event(&path, &token));
@@ -271,10 +321,11 @@ impl Shared {
     fn handle(
         self: &Arc<Shared>,
         connection: u64,
+        domid: u32,
         request: &Message,
         outbox: &Sender<Message>,
     ) -> Option<(String, Vec<u8>)> {
-        let result = self.dispatch(connection, request);
+        let result = self.dispatch(Client { connection, domid }, request);
         let (reply, watch) = match result {
             Ok((payload, watch)) => (
                 Message {
@@ -312,7 +363,8 @@ impl Shared {
         watch
     }
 
-    fn dispatch(self: &Arc<Shared>, connection: u64, request: &Message) -> Result<Answer, Errno> {
+    fn dispatch(self: &Arc<Shared>, client: Client, request: &Message) -> Result<Answer, Errno> {
+        let Client { connection, domid } = client;
         let Some(kind) = request.message_type() else {
             return Err(Errno::Einval);
         };
@@ -328,6 +380,7 @@ impl Shared {
             MessageType::Read => {
                 let path = path(0)?;
                 self.read_op(connection, tx, &path, |store| {
+                    perms::check(store, &path, domid, Access::Read)?;
                     store.read(&path).map(<[u8]>::to_vec)
                 })
                 .map(|v| (v, None))
@@ -335,6 +388,7 @@ impl Shared {
             MessageType::Directory => {
                 let path = path(0)?;
                 self.read_op(connection, tx, &path, |store| {
+                    perms::check(store, &path, domid, Access::Read)?;
                     store
                         .directory(&path)
                         .map(|names| nul_terminated(names.iter().map(|n| n.as_bytes())))
@@ -348,6 +402,7 @@ impl Shared {
                 );
                 let generation = self.lock().generation;
                 self.read_op(connection, tx, &path, |store| {
+                    perms::check(store, &path, domid, Access::Read)?;
                     let names = store.directory(&path)?;
                     Ok(directory_part(&names, offset, generation))
                 })
@@ -356,6 +411,7 @@ impl Shared {
             MessageType::GetPerms => {
                 let path = path(0)?;
                 self.read_op(connection, tx, &path, |store| {
+                    perms::check(store, &path, domid, Access::Read)?;
                     store
                         .get_perms(&path)
                         .map(|perms| nul_terminated(perms.iter().map(|p| p.as_bytes())))
@@ -370,17 +426,17 @@ impl Shared {
                     .position(|b| *b == 0)
                     .ok_or(Errno::Einval)?;
                 let value = request.payload[split + 1..].to_vec();
-                self.write_op(connection, tx, Op::Write(path, value))?;
+                self.write_op(client, tx, Op::Write(path, value))?;
                 ok()
             }
             MessageType::Mkdir => {
                 let path = path(0)?;
-                self.write_op(connection, tx, Op::Mkdir(path))?;
+                self.write_op(client, tx, Op::Mkdir(path))?;
                 ok()
             }
             MessageType::Rm => {
                 let path = path(0)?;
-                self.write_op(connection, tx, Op::Rm(path))?;
+                self.write_op(client, tx, Op::Rm(path))?;
                 ok()
             }
             MessageType::SetPerms => {
@@ -390,7 +446,7 @@ impl Shared {
                     .filter(|p| !p.is_empty())
                     .map(|p| String::from_utf8(p.to_vec()).map_err(|_| Errno::Einval))
                     .collect::<Result<Vec<_>, _>>()?;
-                self.write_op(connection, tx, Op::SetPerms(path, perms))?;
+                self.write_op(client, tx, Op::SetPerms(path, perms))?;
                 ok()
             }
             MessageType::Watch => {
@@ -505,24 +561,29 @@ impl Shared {
         read(&transaction.store)
     }
 
-    fn write_op(self: &Arc<Shared>, connection: u64, tx: u32, op: Op) -> Result<(), Errno> {
+    fn write_op(self: &Arc<Shared>, client: Client, tx: u32, op: Op) -> Result<(), Errno> {
         let mut state = self.lock();
         if tx != 0 {
             let transaction = state
                 .transactions
                 .get_mut(&tx)
-                .filter(|t| t.connection == connection)
+                .filter(|t| t.connection == client.connection)
                 .ok_or(Errno::Enoent)?;
-            let touched = op.touches(&transaction.store);
-            op.apply(&mut transaction.store)?;
-            transaction.accessed.extend(touched);
-            transaction.ops.push(op);
+            let ops = op.as_done_by(&transaction.store, client.domid)?;
+            for op in ops {
+                let touched = op.touches(&transaction.store);
+                op.apply(&mut transaction.store)?;
+                transaction.accessed.extend(touched);
+                transaction.ops.push(op);
+            }
             return Ok(());
         }
-        let touched = op.touches(&state.store);
-        op.apply(&mut state.store)?;
-        record(&mut state, touched);
-        self.committed(&mut state, &[op.change()]);
+        for op in op.as_done_by(&state.store, client.domid)? {
+            let touched = op.touches(&state.store);
+            op.apply(&mut state.store)?;
+            record(&mut state, touched);
+            self.committed(&mut state, &[op.change()]);
+        }
         Ok(())
     }
 
@@ -646,6 +707,17 @@ impl Shared {
             .ok()
             .and_then(|f| String::from_utf8(f.to_vec()).ok())
             .unwrap_or_else(|| format!("/local/domain/{domid}/device/vbd/{devid}"));
+        // The guest acts with its own rights: it must be able to read the
+        // backend's state to see the request, and write its own state to
+        // answer; a frontend it does not own stays as it is, as blkfront's
+        // would on a real host.
+        // Without a frontend there is no guest to ask: blkback closes.
+        let guest_may = !store.exists(&frontend)
+            || (perms::check(store, state_path, domid, Access::Read).is_ok()
+                && perms::check_write(store, &format!("{frontend}/state"), domid).is_ok());
+        if !guest_may {
+            return;
+        }
         let shared = Arc::clone(self);
         let delay = self.guests.close_delay;
         std::thread::spawn(move || {
@@ -653,6 +725,7 @@ impl Shared {
             if shared.stopping.load(Ordering::Relaxed) {
                 return;
             }
+            // The guest closes its frontend, then blkback (dom0) follows.
             for dir in [frontend, backend] {
                 let mut state = shared.lock();
                 let path = format!("{dir}/state");
@@ -757,7 +830,8 @@ pub(super) fn accept_loop(
         }
         let stream = stream?;
         let shared = Arc::clone(&shared);
-        std::thread::spawn(move || shared.serve(stream));
+        // The socket is dom0's, as xenstored's is.
+        std::thread::spawn(move || shared.serve(stream, 0));
     }
     Ok(())
 }
