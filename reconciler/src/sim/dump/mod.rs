@@ -101,10 +101,7 @@ impl Seed {
     /// uncertain there).
     pub fn cuts_read_by_observation(cuts: &BTreeMap<String, Cut>) -> Vec<(&String, &Cut)> {
         cuts.iter()
-            .filter(|(path, cut)| {
-                cut.kind == CutKind::Name
-                    || crate::observe::reads_value(path)
-            })
+            .filter(|(path, cut)| cut.kind == CutKind::Name || crate::observe::reads_value(path))
             .collect()
     }
 }

@@ -14,9 +14,9 @@ const OFF_TERMINAL_WIDTH: usize = 80;
 /// Largest value xenstored holds (XENSTORE_PAYLOAD_MAX).
 const VALUE_MAX: usize = 4096;
 
-const REDUMP: &str = "a seed is `xenstore-ls` output as the tool printed it: dump the host \
-                      again with `xenstore-ls -f -p > xenstore.xs` (or `xendisk capture DIR`), \
-                      and do not edit it by hand";
+const REDUMP: &str = "dump the host again with `xenstore-ls -f -p > xenstore.xs` (into a file: \
+                      on a terminal it cuts long lines) or `xendisk capture DIR`, and do not \
+                      edit the dump by hand";
 
 /// Builds a store from a dump in either form, dropping what it says of cuts.
 pub fn parse(text: &str) -> Result<Store, DumpError> {
@@ -186,7 +186,7 @@ impl Reader {
                         form.describe(),
                         first.describe()
                     ),
-                    format!("a seed is the output of one xenstore-ls run; {REDUMP}"),
+                    format!("a seed is the output of one xenstore-ls run: {REDUMP}"),
                 ));
             }
             Some(_) => {}
@@ -197,9 +197,7 @@ impl Reader {
             None => match line.trim_end().strip_suffix(':') {
                 Some(name) if !name.trim().contains(' ') => (name.len(), None),
                 _ => {
-                    let at = line[indent..]
-                        .find(' ')
-                        .map_or(line.len(), |i| indent + i);
+                    let at = line[indent..].find(' ').map_or(line.len(), |i| indent + i);
                     return Err(problem(
                         at,
                         "expected `NAME = \"VALUE\"` (or `NAME:` for a node xenstore-ls could not read)",
@@ -244,9 +242,7 @@ impl Reader {
             return Err(problem(
                 indent,
                 format!("`{path}` is listed twice (first at line {first})"),
-                format!(
-                    "xenstore-ls lists each node once: are two dumps put together? {REDUMP}"
-                ),
+                format!("xenstore-ls lists each node once (are two dumps put together?): {REDUMP}"),
             ));
         }
 
@@ -357,7 +353,10 @@ fn check_name(name: &str, form: Form) -> Result<(), (usize, String)> {
         return Err((0, "a node without a name".to_owned()));
     }
     if name == "/" {
-        return Err((0, "the root itself, which xenstore-ls does not list".to_owned()));
+        return Err((
+            0,
+            "the root itself, which xenstore-ls does not list".to_owned(),
+        ));
     }
     for (at, c) in name.char_indices() {
         let slash_ok = form == Form::Full;
@@ -371,7 +370,10 @@ fn check_name(name: &str, form: Form) -> Result<(), (usize, String)> {
             return Err((at, what));
         }
         if c == '/' && (name[at + 1..].starts_with('/') || at + 1 == name.len()) {
-            return Err((at, "an empty name between slashes, or after the last".to_owned()));
+            return Err((
+                at,
+                "an empty name between slashes, or after the last".to_owned(),
+            ));
         }
     }
     Ok(())
@@ -408,7 +410,11 @@ fn perms(text: &str, at: usize) -> Result<Vec<String>, Problem> {
         .strip_prefix('(')
         .and_then(|t| t.strip_suffix(')'))
     else {
-        return Err(problem(at, format!("`{text}` is not `(PERMISSIONS)`"), hint));
+        return Err(problem(
+            at,
+            format!("`{text}` is not `(PERMISSIONS)`"),
+            hint,
+        ));
     };
     let mut out = Vec::new();
     let mut offset = at + 1;
@@ -514,7 +520,10 @@ fn decode(text: &str, cut: bool) -> Result<Vec<u8>, (usize, String)> {
                 } else if cut && i + 2 + hex == bytes.len() {
                     break;
                 } else {
-                    return Err((start, "`\\x` must be followed by two hexadecimal digits".into()));
+                    return Err((
+                        start,
+                        "`\\x` must be followed by two hexadecimal digits".into(),
+                    ));
                 }
             }
             b'0'..=b'7' => {

@@ -45,7 +45,10 @@ fn the_four_forms_give_one_store_but_for_what_was_cut() {
     let tree_p = seed(TREE_P);
     assert_eq!(tree.store.entries(), tree_p.store.entries());
     assert_eq!(tree.cuts, tree_p.cuts);
-    assert_eq!(tree_p.store.get_perms("/t/quote").unwrap(), ["n0", "r3", "w5", "b7"]);
+    assert_eq!(
+        tree_p.store.get_perms("/t/quote").unwrap(),
+        ["n0", "r3", "w5", "b7"]
+    );
     for (path, value) in full_p.store.entries() {
         match tree_p.cuts.get(&path) {
             None if path.starts_with("/t/a/very-long") => {}
@@ -111,8 +114,15 @@ fn cuts_survive_writing_and_reading_back() {
     let again = seed(&text);
     assert_eq!(again.store, tree.store);
     assert_eq!(
-        again.cuts.iter().map(|(p, c)| (p, &c.kept)).collect::<Vec<_>>(),
-        tree.cuts.iter().map(|(p, c)| (p, &c.kept)).collect::<Vec<_>>()
+        again
+            .cuts
+            .iter()
+            .map(|(p, c)| (p, &c.kept))
+            .collect::<Vec<_>>(),
+        tree.cuts
+            .iter()
+            .map(|(p, c)| (p, &c.kept))
+            .collect::<Vec<_>>()
     );
     assert_eq!(write_seed(&again.store, &again.cuts), text);
     // A node written since the dump is no longer cut.
@@ -154,7 +164,10 @@ fn bad_lines_are_located_and_say_what_to_do() {
     assert!(message.contains("expected `NAME = \"VALUE\"`"), "{message}");
     let (_, column, message) = at("/a.b = \"x\"\n");
     assert_eq!(column, 3);
-    assert!(message.contains("`.` cannot be in a xenstore name"), "{message}");
+    assert!(
+        message.contains("`.` cannot be in a xenstore name"),
+        "{message}"
+    );
     let (_, column, message) = at("/a = \"x\\qy\"\n");
     assert_eq!(column, 8);
     assert!(message.contains("unknown escape `\\q`"), "{message}");
@@ -169,7 +182,10 @@ fn bad_lines_are_located_and_say_what_to_do() {
     assert!(message.contains("unexpected `junk`"), "{message}");
     let (line, _, message) = at("/a = \"x\"\n\n/a = \"y\"\n");
     assert_eq!(line, 3);
-    assert!(message.contains("listed twice (first at line 1)"), "{message}");
+    assert!(
+        message.contains("listed twice (first at line 1)"),
+        "{message}"
+    );
     let (line, _, message) = at("/a = \"x\"\nb = \"y\"\n");
     assert_eq!(line, 2);
     assert!(message.contains("began in the full-path form"), "{message}");
@@ -179,12 +195,20 @@ fn bad_lines_are_located_and_say_what_to_do() {
     let (_, _, message) = at("/a//b = \"x\"\n");
     assert!(message.contains("empty name"), "{message}");
     let (_, _, message) = at("  (n0)\n");
-    assert!(message.contains("permissions on a line of their own"), "{message}");
+    assert!(
+        message.contains("permissions on a line of their own"),
+        "{message}"
+    );
     let e = parse_bytes(b"/a = \"x\"\n/b = \"\xff\"\n").unwrap_err();
     assert_eq!((e.line, e.column), (2, 7));
     assert!(e.message.contains("0xff"));
-    let located = error("/a = \"\\q\"\n").in_file("host/xenstore.xs").to_string();
-    assert!(located.starts_with("host/xenstore.xs:1:7: in the value of `/a`"), "{located}");
+    let located = error("/a = \"\\q\"\n")
+        .in_file("host/xenstore.xs")
+        .to_string();
+    assert!(
+        located.starts_with("host/xenstore.xs:1:7: in the value of `/a`"),
+        "{located}"
+    );
     assert!(located.contains("= help: "), "{located}");
 }
 
