@@ -242,6 +242,21 @@ fn a_capture_of_a_simulated_host_captures_back_to_itself() {
             "{stderr}"
         );
     }
+    // A plan says which value it read cut.
+    let plan = xendisk(
+        &[
+            "--sim",
+            &s(&host),
+            "plan",
+            &s(&repo().join("examples/walkthrough.toml")),
+        ],
+        None,
+    );
+    let stderr = text(&plan.stderr);
+    assert!(
+        stderr.contains("xenstore value /local/domain/0/backend/vbd/3/51728/params was truncated"),
+        "{stderr}"
+    );
     // Commands that do not read xenstore do not warn.
     let validate = xendisk(
         &[

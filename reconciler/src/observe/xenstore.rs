@@ -35,7 +35,7 @@ const ATTACHMENT_LEAVES: [&str; 7] = [
 const BLOCK_BACKENDS: [&str; 3] = ["vbd", "qdisk", "vbd3"];
 
 /// Whether [`read_xenstore`] reads this node's value: a domain's `name`,
-/// or one of [`ATTACHMENT_LEAVES`] of a block backend. (A simulated host
+/// or one of `ATTACHMENT_LEAVES` of a block backend. (A simulated host
 /// seeded from a cut dump warns about the cut values read here.)
 pub fn reads_value(path: &str) -> bool {
     let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
