@@ -1,9 +1,12 @@
 //! The actual state written as a desired-state file: every pool and vdisk
 //! of the state DB, and every domain that has disks attached, with those
-//! disks. Planning the result against the same host changes nothing, which
-//! is how a running host is adopted. Pure: it reads only its inputs.
+//! disks (and the format of an image read as other than raw). Planning the
+//! result against the same host changes nothing, which is how a running
+//! host is adopted. libxl's temporary Domain-0 attaches for bootloaders are
+//! libxl's, never adopted (see [`crate::observe::bootloader`]). Pure: it
+//! reads only its inputs.
 
-use crate::desired::{Desired, Disk, Pool, Scrub, Settings, Vdisk};
+use crate::desired::{Desired, Disk, Pool, Scrub, Settings, Source, Vdisk};
 use crate::observe::HostState;
 use crate::plan::actual;
 use crate::state::StateSnapshot;
@@ -52,6 +55,16 @@ pub fn generate(state: &StateSnapshot, host: &HostState) -> Generated {
             ));
             continue;
         }
+        if host.is_bootloader_attach(attachment) {
+            skipped.push(format!(
+                "Domain-0 {} ({}): libxl's temporary attach for a guest's bootloader \
+                 (pygrub), which libxl removes once the guest has booted (it is still a holder \
+                 every plan checks)",
+                attachment.vdev.as_deref().unwrap_or_default(),
+                attachment.params
+            ));
+            continue;
+        }
         let Some(domain) = index
             .domain_name(attachment.domid)
             .filter(|n| !n.is_empty())
@@ -73,9 +86,33 @@ pub fn generate(state: &StateSnapshot, host: &HostState) -> Generated {
             unexpressible.push(domain);
             continue;
         };
+        let source = index.source(attachment);
+        let format = match attachment.format() {
+            Ok(format) if format.is_raw() || matches!(source, Source::File(_)) => format,
+            // A file cannot say it; declaring the domain without this disk
+            // would plan its detach.
+            Ok(format) => {
+                skipped.push(format!(
+                    "domain {domain}: its {vdev} is {source} read as {format}, which a file can \
+                     declare only for an image file, so the domain is left undeclared (and \
+                     untouched by plans)"
+                ));
+                unexpressible.push(domain);
+                continue;
+            }
+            Err(name) => {
+                skipped.push(format!(
+                    "domain {domain}: its {vdev} ({source}) is in format `{name}`, which xendisk \
+                     does not declare, so the domain is left undeclared (and untouched by plans)"
+                ));
+                unexpressible.push(domain);
+                continue;
+            }
+        };
         let disk = Disk {
-            source: index.source(attachment),
+            source,
             mode: actual::mode_of(&attachment.mode),
+            format,
         };
         desired
             .domains

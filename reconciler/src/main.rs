@@ -190,6 +190,10 @@ enum Command {
         /// Delay every reply by this many milliseconds.
         #[arg(long, value_name = "MS", default_value_t = 0)]
         reply_delay: u64,
+        /// Fail a commit if anything at all changed since its transaction began (xenstored
+        /// fails it only when a node it used changed).
+        #[arg(long)]
+        strict_transactions: bool,
     },
     /// Adopt the database of Xen 1.2's virtual-disk manager into a new state DB.
     Import {
@@ -460,6 +464,7 @@ fn run_command(
             drop_after,
             eagain_on_commit,
             reply_delay,
+            strict_transactions,
         } => {
             let options = ops::SimOptions {
                 socket,
@@ -472,6 +477,7 @@ fn run_command(
                     drop_after_requests: drop_after,
                     eagain_commits: eagain_on_commit.into_iter().collect(),
                     reply_delay: Duration::from_millis(reply_delay),
+                    strict_transactions,
                 },
             };
             ops::sim(&options, console)?

@@ -39,9 +39,16 @@ pub enum XsError {
         source: io::Error,
     },
     #[error(
-        "a xenstore transaction failed with EAGAIN {attempts} times in a row ({what}); xenstore is too busy, try again"
+        "a xenstore transaction failed with EAGAIN {attempts} times in a row ({what}): another \
+         client kept changing nodes it used{wrote}; see what else writes there (`xenstore-watch`), \
+         then try again"
     )]
-    Busy { attempts: usize, what: String },
+    Busy {
+        attempts: usize,
+        what: String,
+        /// What the last attempt wrote, said after the sentence.
+        wrote: String,
+    },
 }
 
 impl XsError {
@@ -58,10 +65,55 @@ enum Connection {
 pub struct XsClient {
     connection: Connection,
     next_request: u32,
+    /// The nodes the current transaction attempt wrote, for the error
+    /// when it never commits.
+    written: Vec<String>,
 }
 
 /// A transaction id; 0 is "no transaction".
 pub type Tx = u32;
+
+/// One change among several sent at once ([`XsClient::change_many`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Write(String, String),
+    Mkdir(String),
+    Rm(String),
+    SetPerms(String, Vec<String>),
+}
+
+impl Change {
+    fn path(&self) -> &str {
+        match self {
+            Change::Write(path, _)
+            | Change::Mkdir(path)
+            | Change::Rm(path)
+            | Change::SetPerms(path, _) => path,
+        }
+    }
+
+    fn operation(&self) -> &'static str {
+        let (kind, _) = self.request();
+        operation_name(kind)
+    }
+
+    fn request(&self) -> (MessageType, Vec<u8>) {
+        match self {
+            Change::Write(path, value) => {
+                let mut payload = nul_terminated([path.as_bytes()]);
+                payload.extend_from_slice(value.as_bytes());
+                (MessageType::Write, payload)
+            }
+            Change::Mkdir(path) => (MessageType::Mkdir, nul_terminated([path.as_bytes()])),
+            Change::Rm(path) => (MessageType::Rm, nul_terminated([path.as_bytes()])),
+            Change::SetPerms(path, perms) => {
+                let parts =
+                    std::iter::once(path.as_bytes()).chain(perms.iter().map(|p| p.as_bytes()));
+                (MessageType::SetPerms, nul_terminated(parts))
+            }
+        }
+    }
+}
 
 impl XsClient {
     pub fn connect() -> io::Result<XsClient> {
@@ -83,6 +135,7 @@ impl XsClient {
         Ok(XsClient {
             connection,
             next_request: 1,
+            written: Vec::new(),
         })
     }
 
@@ -99,6 +152,7 @@ impl XsClient {
         Ok(XsClient {
             connection: Connection::Socket(stream),
             next_request: 1,
+            written: Vec::new(),
         })
     }
 
@@ -203,28 +257,97 @@ impl XsClient {
     /// before the first answer is read (xenstored answers a connection's
     /// requests in order, each answer carrying its request's id).
     pub fn read_many(&mut self, tx: Tx, paths: &[String]) -> Result<Vec<Option<String>>, XsError> {
-        let first = self.next_request;
-        let mut batch = Vec::new();
-        for path in paths {
-            let message = Message::new(
-                MessageType::Read,
-                self.next_request,
-                tx,
-                nul_terminated([path.as_bytes()]),
-            );
-            self.next_request = self.next_request.wrapping_add(1);
-            message
-                .write_to(&mut batch)
-                .map_err(|source| batch_error(paths, source))?;
+        let requests: Vec<(MessageType, Vec<u8>)> = paths
+            .iter()
+            .map(|path| (MessageType::Read, nul_terminated([path.as_bytes()])))
+            .collect();
+        let answers = self.pipeline(tx, requests, paths)?;
+        answers
+            .into_iter()
+            .zip(paths)
+            .map(|(answer, path)| match answer {
+                Ok(value) => Ok(Some(String::from_utf8_lossy(&value).into_owned())),
+                Err(errno) if errno == "ENOENT" => Ok(None),
+                Err(errno) => Err(XsError::Errno {
+                    errno,
+                    operation: "READ",
+                    path: path.clone(),
+                }),
+            })
+            .collect()
+    }
+
+    /// Several changes in one round trip, applied in order; the first
+    /// error (a removal of what is already gone is none) after all are
+    /// answered.
+    pub fn change_many(&mut self, tx: Tx, changes: &[Change]) -> Result<(), XsError> {
+        let paths: Vec<String> = changes.iter().map(|c| c.path().to_owned()).collect();
+        for path in &paths {
+            self.note_written(tx, path);
         }
-        match &self.connection {
-            Connection::Socket(stream) => exchange(stream, &batch, first, paths),
+        let requests = changes.iter().map(Change::request).collect();
+        let answers = self.pipeline(tx, requests, &paths)?;
+        for ((answer, change), path) in answers.into_iter().zip(changes).zip(&paths) {
+            match answer {
+                Err(errno) if errno == "ENOENT" && matches!(change, Change::Rm(_)) => {}
+                Err(errno) => {
+                    return Err(XsError::Errno {
+                        errno,
+                        operation: change.operation(),
+                        path: path.clone(),
+                    });
+                }
+                Ok(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends every request before reading the first answer.
+    fn pipeline(
+        &mut self,
+        tx: Tx,
+        requests: Vec<(MessageType, Vec<u8>)>,
+        paths: &[String],
+    ) -> Result<Vec<Result<Vec<u8>, String>>, XsError> {
+        let first_path = paths.first().map(String::as_str).unwrap_or_default();
+        let operation = requests
+            .first()
+            .map_or("READ", |(kind, _)| operation_name(*kind));
+        if let Connection::Device(_) = self.connection {
             // The xenbus device takes one message a write: ask in turn.
-            Connection::Device(_) => paths.iter().map(|path| self.read(tx, path)).collect(),
+            return Ok(requests
+                .into_iter()
+                .zip(paths)
+                .map(
+                    |((kind, payload), path)| match self.request(kind, tx, payload, path) {
+                        Ok(value) => Ok(value),
+                        Err(XsError::Errno { errno, .. }) => Err(errno),
+                        Err(other) => Err(other.to_string()),
+                    },
+                )
+                .collect());
         }
+        let first = self.next_request;
+        let count = requests.len();
+        let mut batch = Vec::new();
+        for (kind, payload) in requests {
+            let message = Message::new(kind, self.next_request, tx, payload);
+            self.next_request = self.next_request.wrapping_add(1);
+            message.write_to(&mut batch).map_err(|source| XsError::Io {
+                operation,
+                path: first_path.to_owned(),
+                source,
+            })?;
+        }
+        let Connection::Socket(stream) = &self.connection else {
+            unreachable!("the device was handled above");
+        };
+        exchange(stream, &batch, first, count, operation, first_path)
     }
 
     pub fn write(&mut self, tx: Tx, path: &str, value: &str) -> Result<(), XsError> {
+        self.note_written(tx, path);
         let mut payload = nul_terminated([path.as_bytes()]);
         payload.extend_from_slice(value.as_bytes());
         self.request(MessageType::Write, tx, payload, path)
@@ -234,6 +357,7 @@ impl XsClient {
     /// Makes a node with an empty value, and the directories above it;
     /// leaves an existing node as it is.
     pub fn mkdir(&mut self, tx: Tx, path: &str) -> Result<(), XsError> {
+        self.note_written(tx, path);
         self.request(
             MessageType::Mkdir,
             tx,
@@ -245,6 +369,7 @@ impl XsClient {
 
     /// Sets a node's permissions: the first names the owner (`n0`, `b3`, ...).
     pub fn set_perms(&mut self, tx: Tx, path: &str, perms: &[String]) -> Result<(), XsError> {
+        self.note_written(tx, path);
         let parts = std::iter::once(path.as_bytes()).chain(perms.iter().map(|p| p.as_bytes()));
         self.request(MessageType::SetPerms, tx, nul_terminated(parts), path)
             .map(|_| ())
@@ -252,6 +377,7 @@ impl XsClient {
 
     /// Removes a node and its children; fine if it is already gone.
     pub fn rm(&mut self, tx: Tx, path: &str) -> Result<(), XsError> {
+        self.note_written(tx, path);
         match self.request(MessageType::Rm, tx, nul_terminated([path.as_bytes()]), path) {
             Err(e) if e.is_errno("ENOENT") => Ok(()),
             other => other.map(|_| ()),
@@ -299,13 +425,26 @@ impl XsClient {
         }
     }
 
-    /// Runs `body` in a transaction and commits it, starting again on EAGAIN.
+    fn note_written(&mut self, tx: Tx, path: &str) {
+        if tx != 0 && !self.written.iter().any(|p| p == path) {
+            self.written.push(path.to_owned());
+        }
+    }
+
+    /// Runs `body` in a transaction and commits it, starting again on
+    /// EAGAIN after a pause that grows and is jittered, so that clients
+    /// that collided do not collide again in step.
     pub fn transaction<T>(
         &mut self,
         what: &str,
         mut body: impl FnMut(&mut XsClient, Tx) -> Result<T, XsError>,
     ) -> Result<T, XsError> {
-        for _ in 0..TRANSACTION_ATTEMPTS {
+        let mut backoff = Backoff::new();
+        for attempt in 0..TRANSACTION_ATTEMPTS {
+            if attempt > 0 {
+                std::thread::sleep(backoff.next());
+            }
+            self.written.clear();
             let reply = self.request(MessageType::TransactionStart, 0, vec![0], what)?;
             let tx: Tx = String::from_utf8_lossy(reply.strip_suffix(b"\0").unwrap_or(&reply))
                 .parse()
@@ -333,82 +472,114 @@ impl XsClient {
                 Err(e) => return Err(e),
             }
         }
+        let wrote = match self.written.as_slice() {
+            [] => String::new(),
+            [one] => format!(" (it writes {one})"),
+            [first, rest @ ..] => format!(" (it writes {first} and {} more)", rest.len()),
+        };
         Err(XsError::Busy {
             attempts: TRANSACTION_ATTEMPTS,
             what: what.to_owned(),
+            wrote,
         })
     }
 }
 
-/// Sends a batch of READ requests and collects their answers by id.
+/// Pauses between transaction attempts: up to 1 ms, doubling to 200 ms,
+/// each a random part of that (full jitter).
+struct Backoff {
+    ceiling: std::time::Duration,
+    seed: u64,
+}
+
+impl Backoff {
+    fn new() -> Backoff {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let seed = now ^ u64::from(std::process::id()).rotate_left(32) ^ thread_salt();
+        Backoff {
+            ceiling: std::time::Duration::from_millis(1),
+            seed: seed | 1,
+        }
+    }
+
+    fn next(&mut self) -> std::time::Duration {
+        // xorshift64: uniform enough to spread retries apart.
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let ceiling = self.ceiling;
+        self.ceiling = (self.ceiling * 2).min(std::time::Duration::from_millis(200));
+        ceiling.mul_f64((self.seed % 1000) as f64 / 1000.0)
+    }
+}
+
+/// Differs between threads of one process started at the same instant.
+fn thread_salt() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::thread::current().id())
+}
+
+/// Sends a batch of requests and collects every answer by id: the payload,
+/// or the errno xenstored answered. All answers are read before returning,
+/// so the connection is left with none pending.
 fn exchange<S>(
     mut stream: S,
     batch: &[u8],
     first: u32,
-    paths: &[String],
-) -> Result<Vec<Option<String>>, XsError>
+    count: usize,
+    operation: &'static str,
+    first_path: &str,
+) -> Result<Vec<Result<Vec<u8>, String>>, XsError>
 where
     S: io::Read + Write,
 {
+    let io_error = |source| XsError::Io {
+        operation,
+        path: first_path.to_owned(),
+        source,
+    };
     stream
         .write_all(batch)
         .and_then(|()| stream.flush())
-        .map_err(|source| batch_error(paths, source))?;
-    let mut values: Vec<Option<Option<String>>> = vec![None; paths.len()];
-    let mut missing = paths.len();
+        .map_err(io_error)?;
+    let mut answers: Vec<Option<Result<Vec<u8>, String>>> = vec![None; count];
+    let mut missing = count;
     while missing > 0 {
         let reply = Message::read_from(&mut stream)
-            .map_err(|source| batch_error(paths, source))?
+            .map_err(io_error)?
             .ok_or_else(|| {
-                batch_error(
-                    paths,
-                    io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "xenstored closed the connection",
-                    ),
-                )
+                io_error(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "xenstored closed the connection",
+                ))
             })?;
         if reply.message_type() == Some(MessageType::WatchEvent) {
             continue; // this client sets no watches
         }
         let index = reply.request_id.wrapping_sub(first) as usize;
-        let Some(slot) = values.get_mut(index).filter(|slot| slot.is_none()) else {
-            return Err(batch_error(
-                paths,
-                io::Error::other(format!(
-                    "an answer to request {} that was not asked",
-                    reply.request_id
-                )),
-            ));
+        let Some(slot) = answers.get_mut(index).filter(|slot| slot.is_none()) else {
+            return Err(io_error(io::Error::other(format!(
+                "an answer to request {} that was not asked",
+                reply.request_id
+            ))));
         };
-        let value = if reply.message_type() == Some(MessageType::Error) {
-            let errno = String::from_utf8_lossy(
+        *slot = Some(if reply.message_type() == Some(MessageType::Error) {
+            Err(String::from_utf8_lossy(
                 reply.payload.strip_suffix(b"\0").unwrap_or(&reply.payload),
             )
-            .into_owned();
-            if errno != "ENOENT" {
-                return Err(XsError::Errno {
-                    errno,
-                    operation: "READ",
-                    path: paths[index].clone(),
-                });
-            }
-            None
+            .into_owned())
         } else {
-            Some(String::from_utf8_lossy(&reply.payload).into_owned())
-        };
-        *slot = Some(value);
+            Ok(reply.payload)
+        });
         missing -= 1;
     }
-    Ok(values.into_iter().map(Option::flatten).collect())
-}
-
-fn batch_error(paths: &[String], source: io::Error) -> XsError {
-    XsError::Io {
-        operation: "READ",
-        path: paths.first().cloned().unwrap_or_default(),
-        source,
-    }
+    Ok(answers
+        .into_iter()
+        .map(|a| a.expect("all answered"))
+        .collect())
 }
 
 fn split_names(list: &[u8]) -> Vec<String> {

@@ -322,6 +322,7 @@ fn execute_detaches(
                 source: "phy:/dev/sdc".into(),
                 backend: (*backend).into(),
                 closing: *closing,
+                format: "raw".into(),
             },
             depends_on: (1..=i).collect(),
             waits_for_sharing: Vec::new(),
@@ -332,6 +333,7 @@ fn execute_detaches(
         steps,
         pending: Vec::new(),
         refusals: Vec::new(),
+        notes: Vec::new(),
         safety: SafetyReport {
             level: Sharing::default(),
             holders: 0,

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use xendisk::apply::toolstack::{AttachRequest, BackendHost, Toolstack, XenstoreToolstack};
-use xendisk::desired::Mode;
+use xendisk::desired::{Format, Mode};
 use xendisk::sim::{Faults, GuestPolicy, Simulator, Store};
 use xendisk::xs_client::XsClient;
 
@@ -90,6 +90,7 @@ fn the_xenstore_toolstack_writes_the_nodes_libxl_wrote_on_a_real_host() {
             target: "/dev/loop0".into(),
             kind: "phy",
             mode: Mode::Write,
+            format: Format::Raw,
         })
         .unwrap();
     let ours = simulator.store();

@@ -242,6 +242,75 @@ fn transactions_are_isolated_and_fail_after_an_intervening_commit() {
     );
 }
 
+/// xenstored fails a commit only when a node the transaction accessed
+/// (read, listed, wrote, or gave a child) changed meanwhile.
+#[test]
+fn transactions_conflict_only_over_the_nodes_they_accessed() {
+    let mut store = Store::default();
+    for path in ["/a/x", "/b/y", "/c/z/deep"] {
+        store.write(path, b"0").unwrap();
+    }
+    let (_dir, simulator) = start(store, GuestPolicy::default(), Faults::default());
+    let (mut a, mut b) = (Wire::connect(&simulator), Wire::connect(&simulator));
+    // Unrelated nodes: both commit.
+    let tx = a.start_transaction();
+    a.call(MessageType::Read, tx, &[b"/a/x"]).unwrap();
+    a.write(tx, "/a/x", "1").unwrap();
+    b.write(0, "/b/y", "1").unwrap();
+    a.end_transaction(tx, true).unwrap();
+    // The commit kept what the other client wrote meanwhile.
+    assert_eq!(simulator.store().read("/b/y").unwrap(), b"1");
+    assert_eq!(simulator.store().read("/a/x").unwrap(), b"1");
+    // A node it read changed: EAGAIN.
+    let tx = a.start_transaction();
+    a.call(MessageType::Read, tx, &[b"/b/y"]).unwrap();
+    a.write(tx, "/a/x", "2").unwrap();
+    b.write(0, "/b/y", "2").unwrap();
+    assert_eq!(a.end_transaction(tx, true), Err("EAGAIN".to_owned()));
+    // A node it found missing was made meanwhile: EAGAIN.
+    let tx = a.start_transaction();
+    assert!(a.call(MessageType::Read, tx, &[b"/b/new"]).is_err());
+    b.write(0, "/b/new", "1").unwrap();
+    a.write(tx, "/a/x", "3").unwrap();
+    assert_eq!(a.end_transaction(tx, true), Err("EAGAIN".to_owned()));
+    // Two new siblings: the parent's children changed under the second.
+    let (ta, tb) = (a.start_transaction(), b.start_transaction());
+    a.write(ta, "/a/one", "1").unwrap();
+    b.write(tb, "/a/two", "1").unwrap();
+    b.end_transaction(tb, true).unwrap();
+    assert_eq!(a.end_transaction(ta, true), Err("EAGAIN".to_owned()));
+    // A read node removed with its parent: EAGAIN.
+    let tx = a.start_transaction();
+    a.call(MessageType::Read, tx, &[b"/c/z/deep"]).unwrap();
+    a.write(tx, "/a/x", "4").unwrap();
+    b.call(MessageType::Rm, 0, &[b"/c/z"]).unwrap();
+    assert_eq!(a.end_transaction(tx, true), Err("EAGAIN".to_owned()));
+    // An aborted transaction's writes conflict with no one.
+    let (ta, tb) = (a.start_transaction(), b.start_transaction());
+    b.write(tb, "/a/x", "5").unwrap();
+    b.end_transaction(tb, false).unwrap();
+    a.call(MessageType::Read, ta, &[b"/a/x"]).unwrap();
+    a.end_transaction(ta, true).unwrap();
+    assert_eq!(simulator.store().read("/a/x").unwrap(), b"1");
+}
+
+#[test]
+fn strict_transactions_fail_on_any_commit_meanwhile() {
+    let faults = Faults {
+        strict_transactions: true,
+        ..Faults::default()
+    };
+    let mut store = Store::default();
+    store.write("/a/x", b"0").unwrap();
+    store.write("/b/y", b"0").unwrap();
+    let (_dir, simulator) = start(store, GuestPolicy::default(), faults);
+    let (mut a, mut b) = (Wire::connect(&simulator), Wire::connect(&simulator));
+    let tx = a.start_transaction();
+    a.write(tx, "/a/x", "1").unwrap();
+    b.write(0, "/b/y", "1").unwrap();
+    assert_eq!(a.end_transaction(tx, true), Err("EAGAIN".to_owned()));
+}
+
 #[test]
 fn injected_eagain_fails_the_chosen_commits() {
     let faults = Faults {

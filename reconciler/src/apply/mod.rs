@@ -386,6 +386,7 @@ fn toolstack_job(
             devid,
             source,
             mode,
+            format,
         } => {
             let (target, kind) = match source {
                 Source::Vdisk(name) => {
@@ -407,6 +408,7 @@ fn toolstack_job(
                 target,
                 kind,
                 mode: *mode,
+                format: *format,
             })
         }
         Op::Detach {

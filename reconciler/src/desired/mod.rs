@@ -14,7 +14,7 @@ use std::path::Path;
 
 pub use model::{Desired, Disk, Domain, Pool, Settings, Vdisk, default_extent_size};
 pub use validate::{Capacities, MAX_VDISK_NAME};
-pub use values::{Expiry, Mode, Realise, Scrub, Sharing, Size, Source, Toolstack};
+pub use values::{Expiry, Format, Mode, Realise, Scrub, Sharing, Size, Source, Toolstack};
 
 use crate::diagnostic::{FileProblems, Problem};
 

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::values::{Expiry, Mode, Realise, Scrub, Sharing, Size, Source, Toolstack};
+use super::values::{Expiry, Format, Mode, Realise, Scrub, Sharing, Size, Source, Toolstack};
 
 /// Pool and vdisk names: xenstore path elements that fit in a device-mapper
 /// name (checked again, with a message, by validation).
@@ -132,4 +132,8 @@ pub struct Disk {
     pub source: Source,
     /// `r` (read-only), `w` (read-write) or `w!` (read-write, sharing accepted).
     pub mode: Mode,
+    /// The image format of a `file:` source: `raw` (the default), `qcow`,
+    /// `qcow2`, `vhd` or `qed`. A vdisk or a block device is always raw.
+    #[serde(default, skip_serializing_if = "Format::is_raw")]
+    pub format: Format,
 }

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::model::{Desired, Pool, Vdisk};
+use super::model::{Desired, Disk, Pool, Vdisk};
 use super::parse::{Point, Step, Undecoded};
 use super::values::{Mode, SECTOR_BYTES, Size, Source, Toolstack};
 use crate::vdev::Vdev;
@@ -276,6 +276,7 @@ fn check_domains(desired: &Desired, undecoded: &Undecoded, findings: &mut Findin
                     }
                 }
             }
+            check_format(name, vdev_text, disk, at(Some("format")), findings);
             if let Source::Vdisk(vdisk) = &disk.source
                 && !desired.vdisks.contains_key(vdisk)
                 && !undecoded.vdisks.contains(vdisk)
@@ -289,6 +290,27 @@ fn check_domains(desired: &Desired, undecoded: &Undecoded, findings: &mut Findin
             }
         }
     }
+}
+
+/// Only an image file has a format of its own: a vdisk is raw extents, and
+/// a block device is handed over as it is (blkback serves raw only).
+fn check_format(domain: &str, vdev: &str, disk: &Disk, at: Vec<Step>, findings: &mut Findings) {
+    let what = match &disk.source {
+        _ if disk.format.is_raw() => return,
+        Source::File(_) => return,
+        Source::Vdisk(_) => "a vdisk, which is raw extents",
+        Source::Phy(_) => "a block device, which is handed to the guest as it is",
+    };
+    findings.add(
+        at,
+        Point::Value,
+        format!(
+            "{vdev} of domain `{domain}` has format \"{}\" but its source {} is {what}",
+            disk.format, disk.source
+        ),
+        "a format other than raw is for image files: source = \"file:/PATH\"; \
+         remove `format` (or write format = \"raw\")",
+    );
 }
 
 /// `w!` in more than one domain under `toolstack = "xl"`: xl's access is

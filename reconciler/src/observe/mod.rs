@@ -1,13 +1,17 @@
 //! Observing the host: what xenstore says is attached to which domain, and
 //! what dom0 itself uses (mounts, swap, device-mapper/md/LVM holders, loop
 //! devices), with the block device table needed to turn any of it into
-//! sector ranges on whole disks.
+//! sector ranges on whole disks, and which guests libxl is running a
+//! bootloader for (whose temporary Domain-0 attaches are libxl's:
+//! [`bootloader`]).
 //!
 //! Observation only reads: xenstore through the xenstore-rs client, and
-//! `/proc` and `/sys` under a root prefix (`--host-root`), so a captured tree
-//! can stand in for a live host. The result, [`HostState`], is plain data and
-//! is exactly what a snapshot file holds.
+//! `/proc`, `/sys` and libxl's run directories under a root prefix
+//! (`--host-root`), so a captured tree can stand in for a live host. The
+//! result, [`HostState`], is plain data and is exactly what a snapshot file
+//! holds.
 
+pub mod bootloader;
 pub mod devices;
 mod dom0;
 mod loopdev;
@@ -42,9 +46,24 @@ pub struct HostState {
     /// What the paths holders name resolve to (attachments' `params`, loop
     /// devices' backing files), by path.
     pub paths: Vec<ResolvedPath>,
+    /// Domids whose bootloader (pygrub) libxl is running in dom0: those
+    /// with a `bootloader.<domid>.out` in /var/lib/xen or /run/xen.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bootloader_runs: Vec<u32>,
 }
 
 impl HostState {
+    /// Whether `attachment` is libxl's temporary Domain-0 attach for a
+    /// bootloader: a holder, never adopted or planned for (see
+    /// [`bootloader`]).
+    pub fn is_bootloader_attach(&self, attachment: &Attachment) -> bool {
+        if attachment.domid != 0 || self.bootloader_runs.is_empty() {
+            return false;
+        }
+        let domains: Vec<u32> = self.domains.iter().map(|d| d.domid).collect();
+        bootloader::is_bootloader_attach(attachment, &self.bootloader_runs, &domains)
+    }
+
     /// What `path` resolved to when observed, if it was.
     pub fn path(&self, path: &str) -> Option<&PathTarget> {
         self.paths
@@ -108,6 +127,12 @@ impl Attachment {
     /// The path `params` names, its driver and format prefixes taken off.
     pub fn path(&self) -> &str {
         params::parse(&self.params).path
+    }
+
+    /// The image format its backend reads (see [`params::format`]); `Err`
+    /// with the name of one xendisk does not declare.
+    pub fn format(&self) -> Result<crate::desired::Format, &str> {
+        params::format(&self.backend, &self.params)
     }
 
     /// The path after a prefix xendisk does not know (`newfmt:/dev/sdb1`
@@ -254,6 +279,7 @@ pub fn observe(options: &ObserveOptions) -> Result<HostState, ObserveError> {
         dom0_uses,
         block_devices,
         paths,
+        bootloader_runs: bootloader::runs(&options.host_root)?,
     })
 }
 

@@ -8,10 +8,12 @@ use serde::{Deserialize, Serialize};
 
 use super::HostState;
 
-/// The snapshot format this build writes. Version 3 added `machine_id`.
-pub const FORMAT_VERSION: u32 = 3;
+/// The snapshot format this build writes. Version 3 added `machine_id`,
+/// version 4 the host's `bootloader_runs`.
+pub const FORMAT_VERSION: u32 = 4;
 
-/// The oldest format this build still reads (it lacks only `machine_id`).
+/// The oldest format this build still reads (it lacks only `machine_id`
+/// and `bootloader_runs`).
 const OLDEST_READ: u32 = 2;
 
 /// A snapshot file.

@@ -10,6 +10,7 @@ use super::plan::{ActualSource, actual, load_desired, plan_for};
 use super::{Console, Exit};
 use crate::apply::{self, Drivers, lock, realise, toolstack};
 use crate::desired::{Realise, Toolstack};
+use crate::plan::{Op, Plan};
 use crate::render;
 use crate::state::StateDb;
 
@@ -153,6 +154,10 @@ pub fn apply(options: &ApplyOptions, console: &mut Console<'_>) -> anyhow::Resul
     if plan.is_empty() {
         return Ok(Exit::Success);
     }
+    if let Some(refusal) = beyond_the_xenstore_toolstack(&plan, options) {
+        writeln!(console.err, "error: {refusal}; nothing was applied")?;
+        return Ok(Exit::Refused);
+    }
     if !confirmed(options, plan.steps.len(), console)? {
         writeln!(console.err, "Nothing was applied.")?;
         return Ok(Exit::Error);
@@ -249,10 +254,33 @@ fn confirmed(
     Ok(answer.trim() == "yes")
 }
 
+/// Whether attachments go straight into xenstore rather than through xl.
+/// A simulated host has no xl: the toolstack's writes go to its xenstore.
+fn direct(settings: &crate::desired::Settings, options: &ApplyOptions) -> bool {
+    options.simulated || options.toolstack.unwrap_or(settings.toolstack) == Toolstack::Xenstore
+}
+
+/// The first attach of an image in a format other than raw, when the
+/// xenstore toolstack would make it: it writes blkback (`vbd`) backends,
+/// which would hand the guest the image's raw bytes. Such an attach goes
+/// through xl (which picks a qdisk backend, `params = "<format>:<path>"`)
+/// until that toolstack writes qdisk backends itself.
+fn beyond_the_xenstore_toolstack(plan: &Plan, options: &ApplyOptions) -> Option<String> {
+    if !direct(&plan.settings, options) {
+        return None;
+    }
+    plan.steps.iter().find_map(|step| match &step.op {
+        Op::Attach { source, format, .. } if !format.is_raw() => Some(format!(
+            "step {} attaches {source} as {format}, and the xenstore toolstack makes blkback \
+             backends, which read a file as raw: apply it with toolstack = \"xl\"",
+            step.id
+        )),
+        _ => None,
+    })
+}
+
 fn drivers(settings: &crate::desired::Settings, options: &ApplyOptions) -> anyhow::Result<Drivers> {
-    // A simulated host has no xl: the toolstack's writes go to its xenstore.
-    let direct =
-        options.simulated || options.toolstack.unwrap_or(settings.toolstack) == Toolstack::Xenstore;
+    let direct = direct(settings, options);
     let (release_timeout, force_detach) = (options.release_timeout, options.force_detach);
     let host_root = options.actual.host_root.clone();
     let hotplug = options.hotplug.clone();

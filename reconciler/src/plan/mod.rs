@@ -18,7 +18,7 @@ use std::fmt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::desired::{Desired, Expiry, Mode, Size, Source};
+use crate::desired::{Desired, Expiry, Format, Mode, Size, Source};
 use crate::extent::{DevNum, SectorRange};
 use crate::observe::{HostState, ResolvedPath};
 use crate::safety::{self, Dependencies, SafetyReport};
@@ -114,6 +114,9 @@ pub enum Op {
         devid: u32,
         source: Source,
         mode: Mode,
+        /// The image format of a `file:` source; raw when absent.
+        #[serde(default, skip_serializing_if = "Format::is_raw")]
+        format: Format,
     },
     /// Take an attachment away from a domain.
     Detach {
@@ -124,10 +127,21 @@ pub enum Op {
         source: String,
         /// The backend kind it is under: `vbd`, `qdisk` or `vbd3`.
         backend: String,
+        /// The image format its backend reads (`qcow2`, ...); raw when absent.
+        #[serde(default = "raw_name", skip_serializing_if = "is_raw_name")]
+        format: String,
         /// Already being torn down: this finishes the detach.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         closing: bool,
     },
+}
+
+fn raw_name() -> String {
+    Format::Raw.to_string()
+}
+
+fn is_raw_name(format: &str) -> bool {
+    format == Format::Raw.name()
 }
 
 impl Op {
@@ -224,6 +238,10 @@ pub struct Plan {
     pub steps: Vec<Step>,
     pub pending: Vec<Pending>,
     pub refusals: Vec<Refusal>,
+    /// What is left alone on purpose, said once: libxl's temporary
+    /// Domain-0 attaches for bootloaders.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     pub safety: SafetyReport,
 }
 
@@ -369,6 +387,7 @@ pub fn plan_timed(
             steps,
             pending: diff.pending,
             refusals: diff.refusals,
+            notes: diff.notes,
             safety,
         },
         timings,

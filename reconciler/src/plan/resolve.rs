@@ -311,3 +311,61 @@ impl<'a> Resolver<'a> {
         Some(self.block_device(device))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A qcow2 image under a qdisk backend (`qcow2:/path`, as libxl writes
+    /// it) is held by its file identity, as the same file given raw is.
+    #[test]
+    fn an_image_behind_a_format_prefix_is_its_file() {
+        let (dev, ino) = (DevNum::new(8, 2), 4242);
+        let path = "/var/lib/xen/images/a.qcow2";
+        let host = HostState {
+            paths: vec![ResolvedPath {
+                path: path.to_owned(),
+                target: PathTarget::File { dev, ino },
+            }],
+            ..HostState::default()
+        };
+        let state = StateSnapshot::default();
+        let index = ActualIndex::new(&state, &host);
+        let resolver = Resolver::new(&state, &host, &[]);
+        let whole_file = vec![Area::Inode {
+            dev,
+            ino,
+            start: 0,
+            sectors: u64::MAX,
+            path: path.to_owned(),
+        }];
+        // Backend kind, `type` as libxl writes it, `params`.
+        for (backend, kind, params) in [
+            ("qdisk", "qdisk", format!("qcow2:{path}")),
+            ("vbd3", "tap", format!("vhd:{path}")),
+            ("qdisk", "qdisk", format!("aio:{path}")),
+            ("vbd", "file", path.to_owned()),
+        ] {
+            let attachment = Attachment {
+                domid: 3,
+                devid: 51712,
+                vdev: Some("xvda".to_owned()),
+                backend: backend.to_owned(),
+                odd_path: None,
+                params: params.clone(),
+                mode: "w".to_owned(),
+                kind: kind.to_owned(),
+                physical_device: None,
+                online: true,
+                state: Some(4),
+            };
+            let source = index.source(&attachment);
+            assert_eq!(source, Source::File(path.to_owned()), "{params}");
+            assert_eq!(
+                resolver.attachment(&attachment, &source, &index),
+                whole_file,
+                "{params}"
+            );
+        }
+    }
+}

@@ -91,6 +91,12 @@ pub fn text(plan: &Plan, style: TextStyle, out: &mut dyn Write) -> io::Result<()
     if !plan.pending.is_empty() {
         writeln!(out)?;
     }
+    for note in &plan.notes {
+        writeln!(out, "Note: {note}.")?;
+    }
+    if !plan.notes.is_empty() {
+        writeln!(out)?;
+    }
     let counts = summary(plan);
     writeln!(
         out,
@@ -228,14 +234,19 @@ fn describe(op: &Op) -> String {
             vdev,
             source,
             mode,
+            format,
             ..
-        } => format!("attach {vdev}: {source}, {mode} (domid {domid})"),
+        } => format!(
+            "attach {vdev}: {source}{}, {mode} (domid {domid})",
+            read_as(format.name())
+        ),
         Op::Detach {
             domid,
             vdev,
             source,
             backend,
             closing,
+            format,
             ..
         } => {
             let what = if *closing {
@@ -248,8 +259,20 @@ fn describe(op: &Op) -> String {
             } else {
                 format!(", {backend} backend")
             };
-            format!("{what} {vdev}: {source} (domid {domid}{under})")
+            format!(
+                "{what} {vdev}: {source}{} (domid {domid}{under})",
+                read_as(format)
+            )
         }
+    }
+}
+
+/// ` as qcow2` after a source read in a format other than raw.
+fn read_as(format: &str) -> String {
+    if format == crate::desired::Format::Raw.name() {
+        String::new()
+    } else {
+        format!(" as {format}")
     }
 }
 

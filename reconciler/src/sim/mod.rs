@@ -55,6 +55,10 @@ pub struct Faults {
     pub eagain_commits: BTreeSet<u64>,
     /// Wait this long before answering each request.
     pub reply_delay: Duration,
+    /// Fail a commit when any change at all happened since its transaction
+    /// began (docs/misc/xenstore.txt's rule), not only one to a node it
+    /// accessed (xenstored's).
+    pub strict_transactions: bool,
 }
 
 /// A running simulator. Stops, and removes its socket, when dropped.

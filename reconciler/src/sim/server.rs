@@ -3,8 +3,13 @@
 //! one lock (the store, open transactions, watches).
 //!
 //! Transactions copy the store when they start (cheap: it is persistent) and
-//! commit only if no other commit happened meanwhile, else `EAGAIN`: the
-//! rule xen's docs/misc/xenstore.txt states. Watch events fire on commit.
+//! fail their commit with `EAGAIN` only when a node they read, listed or
+//! wrote was changed by a commit meanwhile, as xenstored decides
+//! (xenstored_transaction.c: each node a transaction accesses is checked
+//! for a newer generation). A node that gains or loses a child counts as
+//! changed, so two transactions creating siblings conflict. The stricter
+//! rule of docs/misc/xenstore.txt (any commit meanwhile) is kept as a
+//! fault to inject. Watch events fire on commit.
 
 use std::collections::HashMap;
 use std::io::{self, BufReader, BufWriter, Write};
@@ -31,8 +36,11 @@ pub(super) struct Shared {
 
 struct State {
     store: Store,
-    /// Bumped by every commit; a transaction that saw another value fails.
+    /// Bumped by every change.
     generation: u64,
+    /// What each change since the oldest open transaction began touched,
+    /// by the generation it made.
+    log: std::collections::VecDeque<(u64, Vec<Touched>)>,
     next_transaction: u32,
     transactions: HashMap<u32, Transaction>,
     watches: Vec<Watch>,
@@ -42,9 +50,106 @@ struct State {
 
 struct Transaction {
     connection: u64,
+    /// The store as the transaction sees it: as it began, with its own
+    /// operations applied.
     store: Store,
     start_generation: u64,
-    changes: Vec<Change>,
+    /// Its operations, replayed on the live store at commit.
+    ops: Vec<Op>,
+    /// Every node it read, listed or wrote (parents whose children it
+    /// changed included).
+    accessed: Vec<Touched>,
+}
+
+/// A modification a client asked for.
+#[derive(Debug, Clone)]
+enum Op {
+    Write(String, Vec<u8>),
+    Mkdir(String),
+    Rm(String),
+    SetPerms(String, Vec<String>),
+}
+
+impl Op {
+    fn apply(&self, store: &mut Store) -> Result<(), Errno> {
+        match self {
+            Op::Write(path, value) => store.write(path, value),
+            Op::Mkdir(path) => store.mkdir(path).map(|_| ()),
+            Op::Rm(path) => store.rm(path).map(|_| ()),
+            Op::SetPerms(path, perms) => store.set_perms(path, perms.clone()),
+        }
+    }
+
+    /// What it touches when applied to `store`.
+    fn touches(&self, store: &Store) -> Vec<Touched> {
+        match self {
+            Op::Rm(path) => touched_by_removal(path),
+            Op::Write(path, _) | Op::Mkdir(path) | Op::SetPerms(path, _) => {
+                touched_by_write(store, path)
+            }
+        }
+    }
+
+    fn change(&self) -> Change {
+        match self {
+            Op::Rm(path) => Change::at(path, true),
+            Op::Write(path, _) | Op::Mkdir(path) | Op::SetPerms(path, _) => Change::at(path, false),
+        }
+    }
+}
+
+/// A node a change touched or a transaction accessed; `subtree` when
+/// everything below it counts too (a removal).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Touched {
+    path: String,
+    subtree: bool,
+}
+
+impl Touched {
+    fn node(path: &str) -> Touched {
+        Touched {
+            path: path.to_owned(),
+            subtree: false,
+        }
+    }
+
+    fn meets(&self, other: &Touched) -> bool {
+        self.path == other.path
+            || (self.subtree && is_under(&other.path, &self.path))
+            || (other.subtree && is_under(&self.path, &other.path))
+    }
+}
+
+/// The parent of a path (`/` for a top-level node).
+fn parent(path: &str) -> &str {
+    match path.rfind('/') {
+        Some(0) | None => "/",
+        Some(i) => &path[..i],
+    }
+}
+
+/// What writing `path` in `store` touches: the node, the nodes it creates,
+/// and the node that gains the first of them as a child.
+fn touched_by_write(store: &Store, path: &str) -> Vec<Touched> {
+    let mut touched = vec![Touched::node(path)];
+    let mut above = path;
+    while !store.exists(above) && above != "/" {
+        above = parent(above);
+        touched.push(Touched::node(above));
+    }
+    touched
+}
+
+/// What removing `path` touches: it, all below it, and its parent.
+fn touched_by_removal(path: &str) -> Vec<Touched> {
+    vec![
+        Touched {
+            path: path.to_owned(),
+            subtree: true,
+        },
+        Touched::node(parent(path)),
+    ]
 }
 
 struct Watch {
@@ -78,6 +183,7 @@ impl Shared {
             state: Mutex::new(State {
                 store,
                 generation: 1,
+                log: std::collections::VecDeque::new(),
                 next_transaction: 1,
                 transactions: HashMap::new(),
                 watches: Vec::new(),
@@ -158,6 +264,7 @@ impl Shared {
         state.outboxes.remove(&connection);
         state.watches.retain(|w| w.connection != connection);
         state.transactions.retain(|_, t| t.connection != connection);
+        trim_log(&mut state);
     }
 
     /// Answers one request; returns a watch that was just added.
@@ -220,14 +327,14 @@ impl Shared {
         match kind {
             MessageType::Read => {
                 let path = path(0)?;
-                self.read_op(connection, tx, |store| {
+                self.read_op(connection, tx, &path, |store| {
                     store.read(&path).map(<[u8]>::to_vec)
                 })
                 .map(|v| (v, None))
             }
             MessageType::Directory => {
                 let path = path(0)?;
-                self.read_op(connection, tx, |store| {
+                self.read_op(connection, tx, &path, |store| {
                     store
                         .directory(&path)
                         .map(|names| nul_terminated(names.iter().map(|n| n.as_bytes())))
@@ -240,7 +347,7 @@ impl Shared {
                     text(1)?.parse::<usize>().map_err(|_| Errno::Einval)?,
                 );
                 let generation = self.lock().generation;
-                self.read_op(connection, tx, |store| {
+                self.read_op(connection, tx, &path, |store| {
                     let names = store.directory(&path)?;
                     Ok(directory_part(&names, offset, generation))
                 })
@@ -248,7 +355,7 @@ impl Shared {
             }
             MessageType::GetPerms => {
                 let path = path(0)?;
-                self.read_op(connection, tx, |store| {
+                self.read_op(connection, tx, &path, |store| {
                     store
                         .get_perms(&path)
                         .map(|perms| nul_terminated(perms.iter().map(|p| p.as_bytes())))
@@ -263,23 +370,17 @@ impl Shared {
                     .position(|b| *b == 0)
                     .ok_or(Errno::Einval)?;
                 let value = request.payload[split + 1..].to_vec();
-                self.write_op(connection, tx, Change::at(&path, false), |store| {
-                    store.write(&path, &value)
-                })?;
+                self.write_op(connection, tx, Op::Write(path, value))?;
                 ok()
             }
             MessageType::Mkdir => {
                 let path = path(0)?;
-                self.write_op(connection, tx, Change::at(&path, false), |store| {
-                    store.mkdir(&path).map(|_| ())
-                })?;
+                self.write_op(connection, tx, Op::Mkdir(path))?;
                 ok()
             }
             MessageType::Rm => {
                 let path = path(0)?;
-                self.write_op(connection, tx, Change::at(&path, true), |store| {
-                    store.rm(&path).map(|_| ())
-                })?;
+                self.write_op(connection, tx, Op::Rm(path))?;
                 ok()
             }
             MessageType::SetPerms => {
@@ -289,9 +390,7 @@ impl Shared {
                     .filter(|p| !p.is_empty())
                     .map(|p| String::from_utf8(p.to_vec()).map_err(|_| Errno::Einval))
                     .collect::<Result<Vec<_>, _>>()?;
-                self.write_op(connection, tx, Change::at(&path, false), |store| {
-                    store.set_perms(&path, perms.clone())
-                })?;
+                self.write_op(connection, tx, Op::SetPerms(path, perms))?;
                 ok()
             }
             MessageType::Watch => {
@@ -337,7 +436,8 @@ impl Shared {
                     connection,
                     store: state.store.clone(),
                     start_generation: state.generation,
-                    changes: Vec::new(),
+                    ops: Vec::new(),
+                    accessed: Vec::new(),
                 };
                 state.transactions.insert(id, transaction);
                 Ok((nul_terminated([id.to_string().as_bytes()]), None))
@@ -387,27 +487,25 @@ impl Shared {
         &self,
         connection: u64,
         tx: u32,
+        path: &str,
         read: impl FnOnce(&Store) -> Result<T, Errno>,
     ) -> Result<T, Errno> {
-        let state = self.lock();
+        let mut state = self.lock();
         if tx == 0 {
             return read(&state.store);
         }
         let transaction = state
             .transactions
-            .get(&tx)
+            .get_mut(&tx)
             .filter(|t| t.connection == connection)
             .ok_or(Errno::Enoent)?;
+        // A node read as missing counts too: its creation meanwhile
+        // changes what the transaction saw.
+        transaction.accessed.push(Touched::node(path));
         read(&transaction.store)
     }
 
-    fn write_op(
-        self: &Arc<Shared>,
-        connection: u64,
-        tx: u32,
-        change: Change,
-        write: impl FnOnce(&mut Store) -> Result<(), Errno>,
-    ) -> Result<(), Errno> {
+    fn write_op(self: &Arc<Shared>, connection: u64, tx: u32, op: Op) -> Result<(), Errno> {
         let mut state = self.lock();
         if tx != 0 {
             let transaction = state
@@ -415,13 +513,16 @@ impl Shared {
                 .get_mut(&tx)
                 .filter(|t| t.connection == connection)
                 .ok_or(Errno::Enoent)?;
-            write(&mut transaction.store)?;
-            transaction.changes.push(change);
+            let touched = op.touches(&transaction.store);
+            op.apply(&mut transaction.store)?;
+            transaction.accessed.extend(touched);
+            transaction.ops.push(op);
             return Ok(());
         }
-        write(&mut state.store)?;
-        state.generation += 1;
-        self.committed(&mut state, &[change]);
+        let touched = op.touches(&state.store);
+        op.apply(&mut state.store)?;
+        record(&mut state, touched);
+        self.committed(&mut state, &[op.change()]);
         Ok(())
     }
 
@@ -440,20 +541,54 @@ impl Shared {
             return Err(Errno::Enoent);
         }
         let transaction = state.transactions.remove(&tx).expect("checked above");
+        let result = self.commit(&mut state, transaction, commit);
+        trim_log(&mut state);
+        result
+    }
+
+    fn commit(
+        self: &Arc<Shared>,
+        state: &mut State,
+        transaction: Transaction,
+        commit: bool,
+    ) -> Result<(), Errno> {
         if !commit {
             return Ok(());
         }
         state.commits += 1;
         let injected = self.faults.eagain_commits.contains(&state.commits);
-        if injected || transaction.start_generation != state.generation {
+        let conflict = if self.faults.strict_transactions {
+            transaction.start_generation != state.generation
+        } else {
+            state
+                .log
+                .iter()
+                .filter(|(generation, _)| *generation > transaction.start_generation)
+                .flat_map(|(_, touched)| touched)
+                .any(|changed| transaction.accessed.iter().any(|a| a.meets(changed)))
+        };
+        if injected || conflict {
             return Err(Errno::Eagain);
         }
-        if transaction.changes.is_empty() {
+        if transaction.ops.is_empty() {
             return Ok(());
         }
-        state.store = transaction.store;
-        state.generation += 1;
-        self.committed(&mut state, &transaction.changes);
+        // Its operations again, on the store as it is now: what others
+        // committed meanwhile touched nothing it used, and stays.
+        let mut written = Vec::new();
+        let mut store = state.store.clone();
+        for op in &transaction.ops {
+            written.extend(op.touches(&store));
+            // It succeeded on the transaction's copy, whose nodes it used
+            // are unchanged here; an error would mean they were not.
+            if op.apply(&mut store).is_err() {
+                return Err(Errno::Eagain);
+            }
+        }
+        state.store = store;
+        record(state, written);
+        let changes: Vec<Change> = transaction.ops.iter().map(Op::change).collect();
+        self.committed(state, &changes);
         Ok(())
     }
 
@@ -522,11 +657,38 @@ impl Shared {
                 let mut state = shared.lock();
                 let path = format!("{dir}/state");
                 if state.store.exists(&dir) && state.store.write(&path, CLOSED).is_ok() {
-                    state.generation += 1;
+                    record(&mut state, vec![Touched::node(&path)]);
                     shared.committed(&mut state, &[Change::at(&path, false)]);
                 }
             }
         });
+    }
+}
+
+/// A change made: a new generation, and what it touched for the
+/// transactions open now.
+fn record(state: &mut State, touched: Vec<Touched>) {
+    state.generation += 1;
+    if !state.transactions.is_empty() {
+        let generation = state.generation;
+        state.log.push_back((generation, touched));
+    }
+}
+
+/// Forgets the changes no open transaction began before.
+fn trim_log(state: &mut State) {
+    let oldest = state
+        .transactions
+        .values()
+        .map(|t| t.start_generation)
+        .min();
+    match oldest {
+        None => state.log.clear(),
+        Some(oldest) => {
+            while state.log.front().is_some_and(|(g, _)| *g <= oldest) {
+                state.log.pop_front();
+            }
+        }
     }
 }
 

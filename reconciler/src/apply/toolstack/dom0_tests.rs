@@ -126,6 +126,7 @@ fn attach(target: &str, mode: Mode) -> AttachRequest {
         target: target.into(),
         kind: "phy",
         mode,
+        format: Format::Raw,
     }
 }
 

@@ -29,7 +29,7 @@ mod tests;
 use std::path::PathBuf;
 
 use super::command::CommandError;
-use crate::desired::Mode;
+use crate::desired::{Format, Mode};
 use crate::xs_client::{Tx, XsClient, XsError};
 
 pub use xenstore::{BackendHost, SCRIPT_DIR, XenstoreToolstack};
@@ -55,6 +55,8 @@ pub struct AttachRequest {
     /// `phy` for a block device, `file` for an image file.
     pub kind: &'static str,
     pub mode: Mode,
+    /// The image format of the target: raw but for an image file.
+    pub format: Format,
 }
 
 /// One attachment to take away.
@@ -234,29 +236,36 @@ fn is_closing(online: Option<&str>, state: Option<&str>) -> bool {
         || matches!(state.map(str::trim), Some(CLOSING | CLOSED))
 }
 
-/// What holds `devid` of `domid`, under any block backend kind.
+/// What holds `devid` of `domid`, under any block backend kind: two round
+/// trips at most, each asking all it needs at once.
 fn existing_attachment(
     client: &mut XsClient,
     tx: Tx,
     domid: u32,
     devid: u32,
 ) -> Result<Option<Existing>, XsError> {
-    for kind in BLOCK_BACKENDS {
-        let path = backend_path(kind, domid, devid);
-        if client.directory(tx, &path)?.is_none() {
-            continue;
-        }
-        let params = client
-            .read(tx, &format!("{path}/params"))?
-            .unwrap_or_default();
-        let online = client.read(tx, &format!("{path}/online"))?;
-        let state = client.read(tx, &format!("{path}/state"))?;
-        return Ok(Some(Existing {
-            kind,
-            path,
-            params,
-            closing: is_closing(online.as_deref(), state.as_deref()),
-        }));
-    }
-    Ok(None)
+    let paths: Vec<String> = BLOCK_BACKENDS
+        .iter()
+        .map(|kind| backend_path(kind, domid, devid))
+        .collect();
+    let found = client.read_many(tx, &paths)?;
+    let Some((kind, path)) = BLOCK_BACKENDS
+        .into_iter()
+        .zip(paths)
+        .zip(found)
+        .find_map(|(at, value)| value.map(|_| at))
+    else {
+        return Ok(None);
+    };
+    let leaves = ["params", "online", "state"].map(|leaf| format!("{path}/{leaf}"));
+    let [params, online, state]: [Option<String>; 3] = client
+        .read_many(tx, &leaves)?
+        .try_into()
+        .unwrap_or_default();
+    Ok(Some(Existing {
+        kind,
+        path,
+        params: params.unwrap_or_default(),
+        closing: is_closing(online.as_deref(), state.as_deref()),
+    }))
 }

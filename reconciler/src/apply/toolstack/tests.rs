@@ -104,6 +104,7 @@ fn attach(target: &str) -> AttachRequest {
         target: target.into(),
         kind: "phy",
         mode: Mode::Write,
+        format: Format::Raw,
     }
 }
 
@@ -238,6 +239,13 @@ fn xl_attach_looks_under_every_kind_and_is_given_the_domid() {
     let (mut xl, log) = setup.xl();
     xl.attach(&attach("/srv/a.img")).unwrap();
     assert_eq!(recorded(&log), "");
+    // The same file read as qcow2 is another attachment.
+    let qcow2 = AttachRequest {
+        format: Format::Qcow2,
+        ..attach("/srv/a.img")
+    };
+    let error = xl.attach(&qcow2).unwrap_err();
+    assert!(matches!(&error, ToolstackError::Occupied { .. }), "{error}");
     let error = xl.attach(&attach("/dev/sdc")).unwrap_err();
     assert!(
         matches!(&error, ToolstackError::Occupied { path, .. } if path.contains("/qdisk/")),

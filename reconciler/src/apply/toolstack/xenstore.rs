@@ -35,7 +35,7 @@ use super::{
     backend_path, detach_kind, existing_attachment, frontend_path, vanished,
 };
 use crate::desired::Mode;
-use crate::xs_client::{Tx, XsClient, XsError};
+use crate::xs_client::{Change, Tx, XsClient, XsError};
 
 /// XenbusState InitWait: blkback has read the backend and waits for
 /// `physical-device`.
@@ -371,34 +371,44 @@ impl Toolstack for XenstoreToolstack {
             if let Some(existing) = existing_attachment(client, tx, domid, request.devid)? {
                 return Ok(Some(existing));
             }
-            let backend_perms = ["n0".to_owned(), format!("r{domid}")];
-            let frontend_perms = [format!("n{domid}"), "r0".to_owned()];
+            let backend_perms = vec!["n0".to_owned(), format!("r{domid}")];
+            let frontend_perms = vec![format!("n{domid}"), "r0".to_owned()];
+            let write = |path: String, value: &str| Change::Write(path, value.to_owned());
             // A record left by a detach that did not finish is replaced.
-            client.rm(tx, &record)?;
-            client.write(tx, &format!("{record}/frontend"), &frontend)?;
-            client.write(tx, &format!("{record}/backend"), &backend)?;
+            let mut changes = vec![
+                Change::Rm(record.clone()),
+                write(format!("{record}/frontend"), &frontend),
+                write(format!("{record}/backend"), &backend),
+            ];
             // Each directory's permissions before its leaves: a leaf takes
             // its directory's when it is made, and the guest must be able
             // to read the backend and write its own frontend.
-            client.rm(tx, &frontend)?;
-            client.mkdir(tx, &frontend)?;
-            client.set_perms(tx, &frontend, &frontend_perms)?;
+            changes.extend([
+                Change::Rm(frontend.clone()),
+                Change::Mkdir(frontend.clone()),
+                Change::SetPerms(frontend.clone(), frontend_perms.clone()),
+            ]);
             for (leaf, value) in frontend_nodes(request, &backend) {
                 let path = format!("{frontend}/{leaf}");
-                client.write(tx, &path, &value)?;
-                client.set_perms(tx, &path, &frontend_perms)?;
+                changes.push(write(path.clone(), &value));
+                changes.push(Change::SetPerms(path, frontend_perms.clone()));
             }
-            client.rm(tx, &backend)?;
-            client.mkdir(tx, &backend)?;
-            client.set_perms(tx, &backend, &backend_perms)?;
+            changes.extend([
+                Change::Rm(backend.clone()),
+                Change::Mkdir(backend.clone()),
+                Change::SetPerms(backend.clone(), backend_perms),
+            ]);
             let nodes = backend_nodes(request, &script, &frontend);
             for (leaf, value) in &nodes {
-                client.write(tx, &format!("{backend}/{leaf}"), value)?;
+                changes.push(write(format!("{backend}/{leaf}"), value));
             }
             // libxl keeps a copy of what it asked of the backend.
             for (leaf, value) in nodes.iter().filter(|(leaf, _)| *leaf != "frontend") {
-                client.write(tx, &format!("{record}/{leaf}"), value)?;
+                changes.push(write(format!("{record}/{leaf}"), value));
             }
+            // All in one round trip: the shorter a transaction, the fewer
+            // others it collides with.
+            client.change_many(tx, &changes)?;
             Ok(None)
         })?;
         match existing {

@@ -49,8 +49,8 @@ pub fn xl_disk_spec(request: &AttachRequest) -> String {
         "r"
     };
     format!(
-        "format=raw, vdev={}, access={access}, target={}",
-        request.vdev, request.target
+        "format={}, vdev={}, access={access}, target={}",
+        request.format, request.vdev, request.target
     )
 }
 
@@ -64,8 +64,12 @@ impl Toolstack for XlToolstack {
         {
             // xl picks the backend kind itself (qdisk for an image file,
             // with a format before the path in `params`), so the same
-            // target under any kind is this attachment, made already.
-            if params::parse(&existing.params).path == request.target && !existing.closing {
+            // target in the same format under any kind is this
+            // attachment, made already.
+            if params::parse(&existing.params).path == request.target
+                && params::format(existing.kind, &existing.params) == Ok(request.format)
+                && !existing.closing
+            {
                 return Ok(());
             }
             return Err(existing.occupies(request));
@@ -115,5 +119,35 @@ impl Toolstack for XlToolstack {
                 state.as_deref().unwrap_or("missing")
             ),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::{Format, Mode};
+
+    #[test]
+    fn the_disk_spec_names_the_format() {
+        let mut request = AttachRequest {
+            domain: "guest1".into(),
+            domid: 4,
+            vdev: "xvdb".into(),
+            devid: 51728,
+            target: "/var/lib/xen/images/a,b.qcow2".into(),
+            kind: "file",
+            mode: Mode::Read,
+            format: Format::Qcow2,
+        };
+        assert_eq!(
+            xl_disk_spec(&request),
+            "format=qcow2, vdev=xvdb, access=r, target=/var/lib/xen/images/a,b.qcow2"
+        );
+        request.format = Format::Raw;
+        request.mode = Mode::WriteShared;
+        assert_eq!(
+            xl_disk_spec(&request),
+            "format=raw, vdev=xvdb, access=rw, target=/var/lib/xen/images/a,b.qcow2"
+        );
     }
 }

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::super::actual;
 use super::super::resolve::{Area, normalise};
 use super::Builder;
-use crate::desired::{Mode, Source};
+use crate::desired::{Disk, Mode, Source};
 use crate::extent::DevNum;
 use crate::observe::Attachment;
 use crate::plan::{Op, Pending, PlanError};
@@ -39,9 +39,16 @@ impl Builder<'_> {
         // By domain and device id; two backend kinds at one device id (a
         // broken host) are both there, and neither is kept.
         let mut by_domain: BTreeMap<u32, BTreeMap<u32, Vec<usize>>> = BTreeMap::new();
+        // libxl's, for a bootloader's run: held, never matched or detached.
+        let mut bootloader: BTreeSet<(u32, u32)> = BTreeSet::new();
         for (index, attachment) in host.attachments.iter().enumerate() {
             if attachment.odd_path.is_some() {
                 continue; // held, never matched or detached
+            }
+            if host.is_bootloader_attach(attachment) {
+                bootloader.insert((attachment.domid, attachment.devid));
+                self.note_bootloader_attach(attachment);
+                continue;
             }
             by_domain
                 .entry(attachment.domid)
@@ -67,6 +74,17 @@ impl Builder<'_> {
                 };
                 let devid = vdev.device_id();
                 wanted.insert(devid);
+                if bootloader.contains(&(domid, devid)) {
+                    self.refuse(
+                        "bootloader-attach",
+                        format!(
+                            "{vdev_text} of domain `{name}` is libxl's temporary attach for a \
+                             guest's bootloader (pygrub), which libxl removes once the guest has \
+                             booted: plan again then"
+                        ),
+                    );
+                    continue;
+                }
                 let current: &[usize] = actual.get(&devid).map_or(&[], Vec::as_slice);
                 // One being torn down is not attached: finish, then attach again.
                 if let [index] = current
@@ -74,6 +92,7 @@ impl Builder<'_> {
                     && !attachment.is_closing()
                     && sources_agree(&self.actual_source(attachment), &disk.source)
                     && actual::modes_agree(&attachment.mode, disk.mode)
+                    && attachment.format() == Ok(disk.format)
                 {
                     // Kept: its acceptance of sharing is the file's to say
                     // (xl records `w!` as plain `w`).
@@ -92,7 +111,9 @@ impl Builder<'_> {
                     devid,
                     source: disk.source.clone(),
                     mode: disk.mode,
+                    format: disk.format,
                 });
+                self.check_format_target(name, &vdev, disk);
                 self.diff
                     .edges
                     .extend(detaches.iter().map(|&d| (d, attach)));
@@ -146,10 +167,48 @@ impl Builder<'_> {
             source: self.actual_source(attachment).to_string(),
             backend: attachment.backend.clone(),
             closing: attachment.is_closing(),
+            format: attachment
+                .format()
+                .map_or_else(str::to_owned, |format| format.to_string()),
         });
         self.diff.holders[holder].removed_by = Some(op);
         self.detaches.insert(index, op);
         op
+    }
+
+    /// Says once that libxl's bootloader attach is left to libxl.
+    fn note_bootloader_attach(&mut self, attachment: &Attachment) {
+        let source = self.actual_source(attachment);
+        let format = attachment
+            .format()
+            .map_or_else(str::to_owned, |format| format.to_string());
+        let mode = actual::mode_of(&attachment.mode);
+        self.diff.notes.push(format!(
+            "{} ({source} as {format}, {mode}) is libxl's temporary attach for a guest's \
+             bootloader (pygrub): left to libxl, and a holder of its image while it is there",
+            self.attachment_name(attachment)
+        ));
+    }
+
+    /// A format other than raw is for an image file: a `file:` that is a
+    /// block device on this host (validation has refused `phy:` and
+    /// `vdisk:` sources already) is refused.
+    fn check_format_target(&mut self, domain: &str, vdev: &Vdev, disk: &Disk) {
+        let Source::File(path) = &disk.source else {
+            return;
+        };
+        if disk.format.is_raw() || self.resolver.block_device_at(&normalise(path)).is_none() {
+            return;
+        }
+        self.refuse(
+            "format-on-block-device",
+            format!(
+                "{vdev} of domain `{domain}` has format \"{}\" but {} is a block device on this \
+                 host, which is handed to the guest as it is: write format = \"raw\" (or leave \
+                 it out), or name an image file",
+                disk.format, disk.source
+            ),
+        );
     }
 
     /// Vdisks that are deleted, or expired, while a domain still has them.

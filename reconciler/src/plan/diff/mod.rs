@@ -25,6 +25,8 @@ pub(super) struct Diff {
     pub holders: Vec<Holder>,
     pub pending: Vec<Pending>,
     pub refusals: Vec<Refusal>,
+    /// What a person should know that is no operation (see [`Plan::notes`](super::Plan)).
+    pub notes: Vec<String>,
 }
 
 /// Free space of one pool as the plan goes, for allocating like the state DB.
@@ -89,6 +91,7 @@ pub(super) fn diff(input: &PlanInput<'_>, options: PlanOptions) -> Result<Diff, 
             holders: Vec::new(),
             pending: Vec::new(),
             refusals: Vec::new(),
+            notes: Vec::new(),
         },
         spaces: BTreeMap::new(),
         extents: input
