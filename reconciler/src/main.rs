@@ -162,6 +162,11 @@ enum Command {
         #[arg(long, short, value_name = "FILE")]
         output: Option<PathBuf>,
     },
+    /// Make a simulated host (for --sim DIR) from this one: its xenstore with permissions, and what xendisk reads of /proc, /sys and /etc.
+    Capture {
+        /// A new or empty directory.
+        dir: PathBuf,
+    },
     /// Serve a simulated xenstored on a unix socket, for trying xendisk without Xen.
     Sim {
         /// Where to listen; clients find it through XENSTORED_PATH.
@@ -265,17 +270,43 @@ fn run(mut cli: Cli, console: &mut Console<'_>) -> anyhow::Result<Exit> {
                     }
                 }
             }
+            if observes_xenstore(&cli.command) {
+                host.warn_cuts(console.err)?;
+            }
             Some(host)
         }
     };
-    let exit = run_command(cli, simulated.is_some(), console);
+    let seed_cuts = simulated
+        .as_ref()
+        .map(|host| host.cuts().clone())
+        .unwrap_or_default();
+    let exit = run_command(cli, simulated.is_some(), seed_cuts, console);
     if let Some(host) = simulated {
         host.finish()?;
     }
     exit
 }
 
-fn run_command(cli: Cli, simulated: bool, console: &mut Console<'_>) -> anyhow::Result<Exit> {
+/// Whether a command reads the host's xenstore (and so needs to hear of
+/// values a simulated host's seed cut).
+fn observes_xenstore(command: &Command) -> bool {
+    !matches!(
+        command,
+        Command::Validate { .. }
+            | Command::Vdev { .. }
+            | Command::Schema { .. }
+            | Command::State { .. }
+            | Command::Sim { .. }
+            | Command::Capture { .. }
+    )
+}
+
+fn run_command(
+    cli: Cli,
+    simulated: bool,
+    seed_cuts: std::collections::BTreeMap<String, xendisk::sim::dump::Cut>,
+    console: &mut Console<'_>,
+) -> anyhow::Result<Exit> {
     let state = state::resolve_path(cli.state);
     let actual = |new_host| -> anyhow::Result<ops::ActualSource> {
         Ok(ops::ActualSource {
@@ -414,6 +445,14 @@ fn run_command(cli: Cli, simulated: bool, console: &mut Console<'_>) -> anyhow::
             &ops::GenerateOptions {
                 actual: actual(new_host)?,
                 output,
+            },
+            console,
+        )?,
+        Command::Capture { dir } => ops::capture(
+            &ops::CaptureOptions {
+                dir,
+                host_root: cli.host_root,
+                cuts: seed_cuts,
             },
             console,
         )?,

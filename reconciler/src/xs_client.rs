@@ -223,6 +223,36 @@ impl XsClient {
         }
     }
 
+    /// A node's value as bytes (values need not be text), `None` if it
+    /// does not exist.
+    pub fn read_bytes(&mut self, tx: Tx, path: &str) -> Result<Option<Vec<u8>>, XsError> {
+        match self.request(
+            MessageType::Read,
+            tx,
+            nul_terminated([path.as_bytes()]),
+            path,
+        ) {
+            Ok(value) => Ok(Some(value)),
+            Err(e) if e.is_errno("ENOENT") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A node's permissions (`n0`, `r1`, ... the first naming the owner),
+    /// `None` if it does not exist.
+    pub fn get_perms(&mut self, tx: Tx, path: &str) -> Result<Option<Vec<String>>, XsError> {
+        match self.request(
+            MessageType::GetPerms,
+            tx,
+            nul_terminated([path.as_bytes()]),
+            path,
+        ) {
+            Ok(list) => Ok(Some(split_names(&list))),
+            Err(e) if e.is_errno("ENOENT") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Several nodes' values in one round trip: every request is sent
     /// before the first answer is read (xenstored answers a connection's
     /// requests in order, each answer carrying its request's id).
@@ -569,6 +599,7 @@ fn operation_name(kind: MessageType) -> &'static str {
         MessageType::TransactionStart => "TRANSACTION_START",
         MessageType::TransactionEnd => "TRANSACTION_END",
         MessageType::SetPerms => "SET_PERMS",
+        MessageType::GetPerms => "GET_PERMS",
         _ => "request",
     }
 }

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::extent::DevNum;
 
 pub use paths::{PathTarget, ResolvedPath};
-pub use xenstore::{XenstoreError, XenstoreView, read_xenstore};
+pub use xenstore::{XenstoreError, XenstoreView, read_xenstore, reads_value};
 
 /// Everything observed on a host.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -34,6 +34,20 @@ const ATTACHMENT_LEAVES: [&str; 7] = [
 /// Backend kinds that serve block devices.
 const BLOCK_BACKENDS: [&str; 3] = ["vbd", "qdisk", "vbd3"];
 
+/// Whether [`read_xenstore`] reads this node's value: a domain's `name`,
+/// or one of `ATTACHMENT_LEAVES` of a block backend. (A simulated host
+/// seeded from a cut dump warns about the cut values read here.)
+pub fn reads_value(path: &str) -> bool {
+    let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    match path.split('/').collect::<Vec<_>>().as_slice() {
+        ["", "local", "domain", domid, "name"] => numeric(domid),
+        ["", "local", "domain", "0", "backend", kind, _, _, leaf] => {
+            BLOCK_BACKENDS.contains(kind) && ATTACHMENT_LEAVES.contains(leaf)
+        }
+        _ => false,
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum XenstoreError {
     #[error(

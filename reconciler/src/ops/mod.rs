@@ -16,6 +16,7 @@ use crate::observe;
 use crate::render;
 
 mod apply;
+mod capture;
 mod import;
 mod init;
 mod plan;
@@ -24,6 +25,7 @@ mod state_db;
 pub mod traces;
 
 pub use apply::{ApplyOptions, apply};
+pub use capture::{CaptureOptions, capture};
 pub use import::{ImportOptions, import};
 pub use init::{InitOptions, init};
 pub use simulated::SimulatedHost;
@@ -367,9 +369,16 @@ pub fn sim(options: &SimOptions, console: &mut Console<'_>) -> anyhow::Result<Ex
     let store = match &options.seed {
         None => sim::Store::default(),
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the seed dump {}", path.display()))?;
-            sim::dump::parse(&text).with_context(|| format!("seed dump {}", path.display()))?
+            let seed = sim::dump::load(path)?;
+            // Any client may read any of them.
+            for (node, cut) in &seed.cuts {
+                writeln!(
+                    console.err,
+                    "warning: {}",
+                    cut.describe(node, &path.display().to_string())
+                )?;
+            }
+            seed.store
         }
     };
     let simulator = sim::Simulator::start(

@@ -1,5 +1,6 @@
 //! `--sim DIR`: a simulated host kept in a directory.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,7 +16,9 @@ use crate::sim;
 const TURN_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// A simulated host kept in a directory, for `--sim DIR`: DIR holds the
-/// host's xenstore (`xenstore.xs`, either `xenstore-ls` form), its machine
+/// host's xenstore (`xenstore.xs`, a seed: either `xenstore-ls` form, see
+/// [`sim::dump`]; values the dump cut are served as printed, and commands
+/// that read them warn), its machine
 /// id (`etc/machine-id`) and captured dom0 (`proc/`, `sys/`); what commands
 /// change is kept in `DIR/.sim/` (the xenstore, written back after each
 /// command, and the state DB), so that an apply is followed by a plan that
@@ -26,6 +29,9 @@ const TURN_TIMEOUT: Duration = Duration::from_secs(600);
 /// back, so two at once would each see, and keep, only their own changes.
 pub struct SimulatedHost {
     simulator: Option<sim::Simulator>,
+    /// What the seed dump could not give whole and no command has
+    /// written since: the simulator serves what was printed.
+    cuts: BTreeMap<String, sim::dump::Cut>,
     kept: PathBuf,
     dir: PathBuf,
     /// Held until the xenstore is written back.
@@ -59,19 +65,23 @@ impl SimulatedHost {
         };
         let turn = lock::acquire_file(&workspace.join("lock"), TURN_TIMEOUT, waiting, messages)?;
         let kept = workspace.join("xenstore.xs");
-        let source = if kept.exists() {
-            kept.clone()
+        // The seed says what was cut; what a command wrote since is whole.
+        let seed_file = dir.join("xenstore.xs");
+        if !seed_file.exists() {
+            anyhow::bail!(
+                "cannot read {}: a --sim directory holds the host's xenstore.xs (as \
+                 `xenstore-ls -f -p` prints it, or as `xendisk capture` makes it)",
+                seed_file.display()
+            );
+        }
+        let seed = sim::dump::load(&seed_file)?;
+        let (store, cuts) = if kept.exists() {
+            let store = sim::dump::load(&kept)?.store;
+            let cuts = seed.cuts_still_in(&store);
+            (store, cuts)
         } else {
-            dir.join("xenstore.xs")
+            (seed.store, seed.cuts)
         };
-        let text = std::fs::read_to_string(&source).with_context(|| {
-            format!(
-                "cannot read {}: a --sim directory holds the host's xenstore.xs",
-                source.display()
-            )
-        })?;
-        let store = sim::dump::parse(&text)
-            .with_context(|| format!("xenstore dump {}", source.display()))?;
         let socket = SimulatedHost::socket(dir);
         // Only a killed command's: the live ones wait for their turn.
         let _ = std::fs::remove_file(&socket);
@@ -83,6 +93,7 @@ impl SimulatedHost {
         )?;
         Ok(SimulatedHost {
             simulator: Some(simulator),
+            cuts,
             kept,
             dir: dir.to_owned(),
             _turn: turn,
@@ -119,10 +130,37 @@ impl SimulatedHost {
         })
     }
 
+    /// The cuts of the seed, by path, that still hold.
+    pub fn cuts(&self) -> &BTreeMap<String, sim::dump::Cut> {
+        &self.cuts
+    }
+
+    /// Warns about each cut value observation reads (and each cut name):
+    /// a plan made from it may be wrong, so it says which, and how to dump
+    /// the host whole.
+    pub fn warn_cuts(&self, messages: &mut dyn Write) -> std::io::Result<()> {
+        let seed = self.dir.join("xenstore.xs");
+        let seed = seed.display().to_string();
+        for (path, cut) in sim::dump::Seed::cuts_read_by_observation(&self.cuts) {
+            writeln!(messages, "warning: {}", cut.describe(path, &seed))?;
+        }
+        Ok(())
+    }
+
+    fn seed_cuts_still_in(&self, store: &sim::Store) -> BTreeMap<String, sim::dump::Cut> {
+        sim::dump::Seed {
+            store: sim::Store::default(),
+            cuts: self.cuts.clone(),
+        }
+        .cuts_still_in(store)
+    }
+
     /// Stops the simulator and keeps its xenstore for the next command.
     pub fn finish(mut self) -> anyhow::Result<()> {
         if let Some(simulator) = self.simulator.take() {
-            let text = sim::dump::write_full_paths(&simulator.store());
+            let store = simulator.store();
+            let cuts = self.seed_cuts_still_in(&store);
+            let text = sim::dump::write_seed(&store, &cuts);
             drop(simulator);
             let temporary = self.kept.with_extension("partial");
             std::fs::write(&temporary, text)

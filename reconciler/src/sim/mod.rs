@@ -1,6 +1,9 @@
 //! A xenstored simulator, so that xendisk can be tried and tested without a
 //! Xen host: a server speaking the real xenstore wire protocol on a unix
-//! socket, seeded from a `xenstore-ls` dump.
+//! socket, seeded from a `xenstore-ls` dump as a real host's tool prints it
+//! ([`dump`]: both forms, permissions, the tool's escapes; values it cut are
+//! served as printed and recorded, so that commands can warn). `xendisk
+//! capture` writes such a seed from a live host (`ops::capture`).
 //!
 //! It plays the guests too (a backend set to Closing is answered by the
 //! frontend going Closed, after a delay, unless that guest keeps its disks),

@@ -1,0 +1,5 @@
+local = ""
+ domain = ""
+  0 = ""
+   name = "Domain-0"
+/local/domain/3 = ""
