@@ -222,7 +222,7 @@ fn a_capture_of_a_simulated_host_captures_back_to_itself() {
     // The cut value stays cut.
     let seed = link("xenstore.xs").unwrap();
     assert!(
-        seed.contains("/local/domain/0/backend/vbd/3/51728/params = \"/dev\\...\"  (n0)"),
+        seed.contains("/local/domain/0/backend/vbd/3/51728/params = \"/dev\\...\"  (n0,r3)"),
         "{seed}"
     );
 
@@ -285,14 +285,14 @@ fn a_value_written_since_the_seed_is_no_longer_cut() {
     let kept = host.join(".sim/xenstore.xs");
     let text_kept = fs::read_to_string(&kept).unwrap();
     assert!(
-        text_kept.contains("params = \"/dev\\...\"  (n0)"),
+        text_kept.contains("params = \"/dev\\...\"  (n0,r3)"),
         "{text_kept}"
     );
     fs::write(
         &kept,
         text_kept.replace(
-            "params = \"/dev\\...\"  (n0)",
-            "params = \"/dev/sdb1\"   (n0)",
+            "params = \"/dev\\...\"  (n0,r3)",
+            "params = \"/dev/sdb1\"   (n0,r3)",
         ),
     )
     .unwrap();

@@ -97,10 +97,6 @@ impl Simulator {
             .ok()
             .map(|m| (m.dev(), m.ino()));
         let waker = listener.try_clone()?;
-        let mut store = store;
-        if perms::unrecorded(&store) {
-            perms::assume_as_on_a_xen_host(&mut store);
-        }
         let shared = Arc::new(server::Shared::new(store, guests, faults));
         let acceptor = {
             let shared = Arc::clone(&shared);

@@ -37,6 +37,8 @@ fn setup(kinds: &[&str], params: &str, never_close: &[u32]) -> Setup {
         put(format!("{frontend}/backend"), &backend);
         put(format!("{frontend}/state"), "4");
     }
+    // With the permissions libxl gives them: each guest owns its frontend.
+    crate::sim::perms::assume_as_on_a_xen_host(&mut store);
     let dir = tempfile::tempdir().unwrap();
     let guests = GuestPolicy {
         close_delay: Duration::from_millis(10),

@@ -109,7 +109,13 @@ pub fn parse_seed(text: &str) -> Result<Seed, DumpError> {
             hint: p.hint,
         })?;
     }
-    Ok(reader.finish())
+    let mut seed = reader.finish();
+    // A dump made without `-p` did not write permissions down: a host's
+    // are assumed, so that the simulated guests can use their disks.
+    if crate::sim::perms::unrecorded(&seed.store) {
+        crate::sim::perms::assume_as_on_a_xen_host(&mut seed.store);
+    }
+    Ok(seed)
 }
 
 /// The 1-based column of a byte offset (clamped to the line, and to a
