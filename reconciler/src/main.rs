@@ -130,7 +130,8 @@ enum Command {
         #[arg(long, value_name = "DIR", default_value = xendisk::apply::toolstack::SCRIPT_DIR)]
         hotplug_scripts: PathBuf,
         /// Run no hotplug script and wait for no backend driver (xenstore toolstack): for a
-        /// simulated xenstored, where nothing takes a backend up (implied by --sim).
+        /// simulated xenstored, where nothing takes a backend up (with --sim, the simulated
+        /// host's hotplug step stands for the script and is waited for, unless this is given).
         #[arg(long, env = "XENDISK_NO_HOTPLUG", value_parser = clap::builder::BoolishValueParser::new())]
         no_hotplug: bool,
     },
@@ -194,6 +195,14 @@ enum Command {
         /// fails it only when a node it used changed).
         #[arg(long)]
         strict_transactions: bool,
+        /// Play no drivers: backends and frontends stay as written (by default the simulator
+        /// plays blkback, the block hotplug script over the devices under --host-root, and
+        /// the guests' blkfront).
+        #[arg(long)]
+        no_drivers: bool,
+        /// Domain ids whose guests have no blkfront driver: their disks never connect.
+        #[arg(long, value_name = "DOMID")]
+        no_blkfront: Vec<u32>,
     },
     /// Adopt the database of Xen 1.2's virtual-disk manager into a new state DB.
     Import {
@@ -410,8 +419,10 @@ fn run_command(
                     ToolstackChoice::Xenstore => xendisk::desired::Toolstack::Xenstore,
                 }),
                 simulated,
-                hotplug: if no_hotplug || simulated {
+                hotplug: if no_hotplug {
                     xendisk::apply::toolstack::BackendHost::Simulated
+                } else if simulated {
+                    xendisk::apply::toolstack::BackendHost::SimulatedHotplug
                 } else {
                     xendisk::apply::toolstack::BackendHost::Dom0 {
                         scripts: hotplug_scripts,
@@ -465,10 +476,17 @@ fn run_command(
             eagain_on_commit,
             reply_delay,
             strict_transactions,
+            no_drivers,
+            no_blkfront,
         } => {
+            let drivers = (!no_drivers).then(|| xendisk::sim::Drivers {
+                host: ops::host_view(&cli.host_root),
+                without_blkfront: no_blkfront.into_iter().collect(),
+            });
             let options = ops::SimOptions {
                 socket,
                 seed,
+                drivers,
                 guests: xendisk::sim::GuestPolicy {
                     close_delay: Duration::from_millis(close_delay),
                     never_close: never_close.into_iter().collect(),

@@ -362,6 +362,17 @@ pub struct SimOptions {
     pub seed: Option<PathBuf>,
     pub guests: sim::GuestPolicy,
     pub faults: sim::Faults,
+    /// The drivers it plays, if any.
+    pub drivers: Option<sim::Drivers>,
+}
+
+/// The simulated dom0's view for the hotplug step, read under `root`; an
+/// empty one (no device, no mount) when that cannot be read, said once.
+pub fn host_view(root: &std::path::Path) -> sim::HostView {
+    sim::HostView::of_host_root(root).unwrap_or_else(|error| {
+        tracing::warn!(%error, "the simulated hotplug step sees no block device");
+        sim::HostView::default()
+    })
 }
 
 /// Serves a simulated xenstored until killed.
@@ -381,11 +392,12 @@ pub fn sim(options: &SimOptions, console: &mut Console<'_>) -> anyhow::Result<Ex
             seed.store
         }
     };
-    let simulator = sim::Simulator::start(
+    let simulator = sim::Simulator::start_with_drivers(
         &options.socket,
         store,
         options.guests.clone(),
         options.faults.clone(),
+        options.drivers.clone(),
     )?;
     writeln!(
         console.err,

@@ -85,11 +85,18 @@ impl SimulatedHost {
         let socket = SimulatedHost::socket(dir);
         // Only a killed command's: the live ones wait for their turn.
         let _ = std::fs::remove_file(&socket);
-        let simulator = sim::Simulator::start(
+        // Its dom0's drivers play along: a disk that would not connect on
+        // the host it was captured from does not connect here.
+        let drivers = sim::Drivers {
+            host: sim::HostView::of_host_root(dir)?,
+            without_blkfront: Default::default(),
+        };
+        let simulator = sim::Simulator::start_with_drivers(
             &socket,
             store,
             sim::GuestPolicy::default(),
             sim::Faults::default(),
+            Some(drivers),
         )?;
         Ok(SimulatedHost {
             simulator: Some(simulator),

@@ -10,7 +10,9 @@
 //! and can inject faults (dropped connections, EAGAIN on commit, slow
 //! replies). It owns only its own store; it never touches the host.
 
+pub mod drivers;
 pub mod dump;
+pub mod hotplug;
 pub mod perms;
 mod server;
 pub mod store;
@@ -26,6 +28,8 @@ use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+pub use drivers::Drivers;
+pub use hotplug::HostView;
 pub use store::Store;
 
 /// How the simulated guests answer a backend that is closing.
@@ -80,12 +84,27 @@ pub struct Simulator {
 }
 
 impl Simulator {
-    /// Starts serving `store` on a new unix socket at `socket`.
+    /// Starts serving `store` on a new unix socket at `socket`, playing no
+    /// drivers: backends and frontends stay as their writers leave them
+    /// (but for closing, which the guests answer).
     pub fn start(
         socket: &Path,
         store: Store,
         guests: GuestPolicy,
         faults: Faults,
+    ) -> io::Result<Simulator> {
+        Simulator::start_with_drivers(socket, store, guests, faults, None)
+    }
+
+    /// Starts serving `store`, playing `drivers` (blkback, the hotplug
+    /// step, the guests' blkfront) when given: a vbd connects only as it
+    /// would on a real host.
+    pub fn start_with_drivers(
+        socket: &Path,
+        store: Store,
+        guests: GuestPolicy,
+        faults: Faults,
+        drivers: Option<Drivers>,
     ) -> io::Result<Simulator> {
         let listener = UnixListener::bind(socket).map_err(|e| {
             io::Error::new(
@@ -97,7 +116,7 @@ impl Simulator {
             .ok()
             .map(|m| (m.dev(), m.ino()));
         let waker = listener.try_clone()?;
-        let shared = Arc::new(server::Shared::new(store, guests, faults));
+        let shared = Arc::new(server::Shared::new(store, guests, faults, drivers));
         let acceptor = {
             let shared = Arc::clone(&shared);
             std::thread::spawn(move || server::accept_loop(shared, listener))

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use super::drivers::{self, Drivers};
 use super::perms::{self, Access};
 use super::store::{Errno, Store, elements};
 use super::{Faults, GuestPolicy};
@@ -31,6 +32,8 @@ pub(super) struct Shared {
     state: Mutex<State>,
     guests: GuestPolicy,
     faults: Faults,
+    /// The drivers it plays around vbds, if any.
+    drivers: Option<Drivers>,
     next_connection: AtomicU64,
     pub(super) stopping: AtomicBool,
 }
@@ -47,6 +50,7 @@ struct State {
     watches: Vec<Watch>,
     commits: u64,
     outboxes: HashMap<u64, Sender<Message>>,
+    drivers: drivers::Memory,
 }
 
 struct Transaction {
@@ -227,7 +231,12 @@ impl Change {
 }
 
 impl Shared {
-    pub(super) fn new(store: Store, guests: GuestPolicy, faults: Faults) -> Shared {
+    pub(super) fn new(
+        store: Store,
+        guests: GuestPolicy,
+        faults: Faults,
+        drivers: Option<Drivers>,
+    ) -> Shared {
         Shared {
             state: Mutex::new(State {
                 store,
@@ -238,9 +247,11 @@ impl Shared {
                 watches: Vec::new(),
                 commits: 0,
                 outboxes: HashMap::new(),
+                drivers: drivers::Memory::default(),
             }),
             guests,
             faults,
+            drivers,
             next_connection: AtomicU64::new(1),
             stopping: AtomicBool::new(false),
         }
@@ -653,8 +664,43 @@ impl Shared {
         Ok(())
     }
 
-    /// After a commit: watch events, and the simulated guests' reactions.
+    /// After a commit: watch events, the simulated guests' reactions, and
+    /// the drivers', each of their writes a commit of its own (a guest's
+    /// made with its rights), until they have nothing more to do.
     fn committed(self: &Arc<Shared>, state: &mut State, changes: &[Change]) {
+        self.notify(state, changes);
+        let Some(drivers) = &self.drivers else {
+            return;
+        };
+        let mut changed: Vec<String> = changes.iter().map(|c| c.path.clone()).collect();
+        // Each round is a driver answering the last; a real one ends in a
+        // handful (probe, script, ring, connect, connected).
+        for _ in 0..32 {
+            let actions = drivers::react(&state.store, drivers, &changed, &mut state.drivers);
+            if actions.is_empty() {
+                break;
+            }
+            changed.clear();
+            for action in actions {
+                let op = Op::Write(action.path, action.value.into_bytes());
+                let Ok(ops) = op.as_done_by(&state.store, action.domid) else {
+                    continue;
+                };
+                for op in ops {
+                    let touched = op.touches(&state.store);
+                    if op.apply(&mut state.store).is_ok() {
+                        record(state, touched);
+                        let change = op.change();
+                        self.notify(state, std::slice::from_ref(&change));
+                        changed.push(change.path);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Watch events, and the simulated guests' answer to Closing.
+    fn notify(self: &Arc<Shared>, state: &mut State, changes: &[Change]) {
         for change in changes {
             for watch in &state.watches {
                 let event_path = if is_under(&change.path, &watch.path) {

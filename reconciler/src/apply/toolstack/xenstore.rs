@@ -23,8 +23,20 @@
 //! the frontend, the backend and libxl's record, with the directories that
 //! were left empty.
 //!
-//! On a simulated host nothing takes a backend up and there are no
-//! scripts: the nodes are written and left as they are.
+//! On a simulated host whose simulator plays the drivers
+//! ([`BackendHost::SimulatedHotplug`], a `--sim` host) the same waits
+//! are made, and the simulator's hotplug step stands for the script: a
+//! refusal is reported in its words and undone as on a real host. On a
+//! bare simulated xenstored ([`BackendHost::Simulated`], `--no-hotplug`)
+//! nothing takes a backend up: the nodes are written and left as they are.
+//!
+//! An attach is done once the script has connected the device, as libxl
+//! decides; that it also wrote `physical-device` is required too (the
+//! script writes `hotplug-status = "connected"` alone for a path that is
+//! neither a block device nor a regular file, and blkback then never
+//! opens anything). Whether the guest then connects is the guest's
+//! business: one without blkfront never does, and neither libxl nor
+//! xendisk waits for it.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -53,8 +65,12 @@ pub const SCRIPT_DIR: &str = "/etc/xen/scripts";
 pub enum BackendHost {
     /// A real dom0: blkback, and the hotplug scripts in this directory.
     Dom0 { scripts: PathBuf },
-    /// A simulated host: nothing; the nodes are left as written.
+    /// A simulated xenstored with no drivers: nothing; the nodes are left
+    /// as written.
     Simulated,
+    /// A simulator that plays blkback and the hotplug step (a `--sim`
+    /// host): wait for them as on a real dom0, run no script.
+    SimulatedHotplug,
 }
 
 /// libxl's record of a device: what `xl block-list` lists and
@@ -126,12 +142,13 @@ impl XenstoreToolstack {
         }
     }
 
-    /// Steps 2 and 3 of an attach on a real dom0; an error leaves the
-    /// nodes for the caller to undo.
+    /// Steps 2 and 3 of an attach, running the script in `scripts` (a
+    /// real dom0) or waiting for a simulator's hotplug step (`None`); an
+    /// error leaves the nodes for the caller to undo.
     fn bring_up(
         &mut self,
         request: &AttachRequest,
-        scripts: &std::path::Path,
+        scripts: Option<&std::path::Path>,
     ) -> Result<(), ToolstackError> {
         let backend = backend_path("vbd", request.domid, request.devid);
         let status = self.client.read(0, &format!("{backend}/hotplug-status"))?;
@@ -153,14 +170,43 @@ impl XenstoreToolstack {
                 state: state.unwrap_or_else(|| "gone".into()),
             });
         }
-        let script = scripts.join("block");
-        let environment = hotplug::environment("vbd", request.domid, request.devid, &script);
-        let outcome = hotplug::run(&script, Action::Add, &environment, hotplug::HOTPLUG_TIMEOUT)
-            .map_err(ToolstackError::HotplugSpawn)?;
+        let script = scripts
+            .unwrap_or(std::path::Path::new(SCRIPT_DIR))
+            .join("block");
+        let outcome = match scripts {
+            Some(_) => {
+                let environment =
+                    hotplug::environment("vbd", request.domid, request.devid, &script);
+                hotplug::run(&script, Action::Add, &environment, hotplug::HOTPLUG_TIMEOUT)
+                    .map_err(ToolstackError::HotplugSpawn)?
+            }
+            None => {
+                let status = format!("{backend}/hotplug-status");
+                let (ran, _) = self.poll(&status, hotplug::HOTPLUG_TIMEOUT, |s| s.is_some())?;
+                match ran {
+                    true => Outcome::Succeeded,
+                    false => Outcome::TimedOut {
+                        output: "the simulated host ran no hotplug step".into(),
+                    },
+                }
+            }
+        };
         let read = |client: &mut XsClient, leaf: &str| client.read(0, &format!("{backend}/{leaf}"));
         let status = read(&mut self.client, "hotplug-status")?;
         if matches!(outcome, Outcome::Succeeded) && status.as_deref() == Some("connected") {
-            return Ok(());
+            if read(&mut self.client, "physical-device")?.is_some() {
+                return Ok(());
+            }
+            return Err(ToolstackError::Hotplug {
+                domain: request.domain.clone(),
+                vdev: request.vdev.clone(),
+                script,
+                error: format!(
+                    "it reported success but wrote no physical-device, so blkback cannot open \
+                     anything: {} is neither a block device nor a regular file on this host",
+                    request.target
+                ),
+            });
         }
         // The script's own words first; what it printed if it wrote none.
         let said = read(&mut self.client, "hotplug-error")?;
@@ -186,7 +232,7 @@ impl XenstoreToolstack {
 
     /// Takes away what an attach left after its hotplug step failed: the
     /// script's `remove` (a loop device it may have made), then every node.
-    fn undo_attach(&mut self, request: &AttachRequest, scripts: &std::path::Path) {
+    fn undo_attach(&mut self, request: &AttachRequest, scripts: Option<&std::path::Path>) {
         let backend = backend_path("vbd", request.domid, request.devid);
         let offline = self.client.transaction("undo attach", |client, tx| {
             client.write(tx, &format!("{backend}/online"), "0")?;
@@ -195,7 +241,9 @@ impl XenstoreToolstack {
         if let Err(error) = offline {
             tracing::warn!(%error, %backend, "could not ask a refused backend to close");
         }
-        self.run_remove(&backend, "vbd", request.domid, request.devid, scripts);
+        if let Some(scripts) = scripts {
+            self.run_remove(&backend, "vbd", request.domid, request.devid, scripts);
+        }
         if let Err(error) = self.destroy("vbd", request.domid, request.devid) {
             tracing::warn!(%error, %backend, "could not remove a refused attachment's nodes");
         }
@@ -362,7 +410,7 @@ impl Toolstack for XenstoreToolstack {
         let record = libxl_path(request.domid, request.devid);
         let scripts = match &self.host {
             BackendHost::Dom0 { scripts } => scripts.clone(),
-            BackendHost::Simulated => PathBuf::from(SCRIPT_DIR),
+            BackendHost::Simulated | BackendHost::SimulatedHotplug => PathBuf::from(SCRIPT_DIR),
         };
         let script = scripts.join("block").to_string_lossy().into_owned();
         let what = format!("attach {} {}", request.domain, request.vdev);
@@ -421,12 +469,14 @@ impl Toolstack for XenstoreToolstack {
                     && !existing.closing => {}
             Some(existing) => return Err(existing.occupies(request)),
         }
-        let BackendHost::Dom0 { scripts } = self.host.clone() else {
-            return Ok(());
+        let scripts = match self.host.clone() {
+            BackendHost::Simulated => return Ok(()),
+            BackendHost::SimulatedHotplug => None,
+            BackendHost::Dom0 { scripts } => Some(scripts),
         };
-        let brought_up = self.bring_up(request, &scripts);
+        let brought_up = self.bring_up(request, scripts.as_deref());
         if brought_up.is_err() {
-            self.undo_attach(request, &scripts);
+            self.undo_attach(request, scripts.as_deref());
         }
         brought_up
     }
