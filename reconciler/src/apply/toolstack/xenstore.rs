@@ -152,7 +152,8 @@ impl XenstoreToolstack {
     ) -> Result<(), ToolstackError> {
         let backend = backend_path("vbd", request.domid, request.devid);
         let status = self.client.read(0, &format!("{backend}/hotplug-status"))?;
-        if status.as_deref() == Some("connected") {
+        let device = self.client.read(0, &format!("{backend}/physical-device"))?;
+        if status.as_deref() == Some("connected") && device.is_some() {
             return Ok(()); // an earlier run got this far
         }
         let init_timeout = self.init_timeout;
