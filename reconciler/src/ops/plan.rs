@@ -118,6 +118,7 @@ fn make_plan(
         Ok(actual) => actual,
         Err(exit) => return Ok(Err(exit)),
     };
+    warn_unconnected(&host, console)?;
     let Some(desired) = load_desired(file, &state, console)? else {
         return Ok(Err(Exit::Error));
     };
@@ -128,6 +129,42 @@ fn make_plan(
         allow_destroy,
     };
     Ok(Ok((plan, made_from)))
+}
+
+/// Warns of each attachment that a backend driver took up but that never
+/// connected (InitWait or Initialised): it is attached (and counts as a
+/// holder) but its guest cannot use it. xendisk, like libxl, does not wait
+/// for the guest's side at attach: a guest without blkfront never connects.
+/// One still Initialising is left alone: no driver has looked at it (a
+/// simulated host without drivers, or one being made right now).
+fn warn_unconnected(host: &HostState, console: &mut Console<'_>) -> std::io::Result<()> {
+    for attachment in &host.attachments {
+        let meaning = match attachment.state {
+            Some(2) => "2, InitWait: the guest has not connected (no blkfront?), or the hotplug \
+                        step gave blkback no device (see its hotplug-status and hotplug-error)",
+            Some(3) => "3, Initialised: blkback has not connected to the guest",
+            _ => continue,
+        };
+        if attachment.is_closing() {
+            continue;
+        }
+        let domain = host
+            .domains
+            .iter()
+            .find(|d| d.domid == attachment.domid)
+            .map_or(String::new(), |d| format!("{} ", d.name));
+        let vdev = attachment
+            .vdev
+            .clone()
+            .unwrap_or_else(|| attachment.devid.to_string());
+        writeln!(
+            console.err,
+            "warning: {vdev} of domain {domain}({}) ({}) is attached but not connected: its \
+             backend is in state {meaning}",
+            attachment.domid, attachment.params
+        )?;
+    }
+    Ok(())
 }
 
 /// The plan for a desired state against the actual one.
