@@ -5,6 +5,8 @@
 //! guest writes is refused in the script's words and undone; a disk
 //! written without libxl's permissions never connects.
 
+mod host;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -164,7 +166,10 @@ fn subtree(store: &Store, top: &str, place: &str) -> String {
         })
         .map(|(path, value)| {
             let perms = store.get_perms(&path).unwrap().join(",");
-            format!("{path} = \"{}\" ({perms})\n", String::from_utf8_lossy(&value))
+            format!(
+                "{path} = \"{}\" ({perms})\n",
+                String::from_utf8_lossy(&value)
+            )
         })
         .collect()
 }
@@ -288,7 +293,10 @@ fn a_device_guests_only_read_is_shared() {
         host.toolstack()
             .attach(&request(domid, "/dev/sdb1", Mode::Read))
             .unwrap();
-        assert_eq!(host.read(&format!("{}/state", frontend(domid))).unwrap(), "4");
+        assert_eq!(
+            host.read(&format!("{}/state", frontend(domid))).unwrap(),
+            "4"
+        );
         assert_eq!(host.read(&format!("{}/info", backend(domid))).unwrap(), "4");
     }
 }
@@ -462,4 +470,46 @@ fn a_backend_without_params_is_refused_by_the_script() {
         Some("xenstore-read backend/vbd/4/51728/params failed.")
     );
     assert_eq!(at("state").as_deref(), Some("2"));
+}
+
+/// On a `--sim` host the simulated hotplug step is waited for as the
+/// script is on a real one: a device dom0 mounts read-write, which the
+/// `unsafe` sharing level lets xendisk hand a guest, is refused by the
+/// script, and the apply says so and leaves nothing behind.
+#[test]
+fn apply_on_a_simulated_host_reports_the_script_s_refusal() {
+    let scratch = tempfile::tempdir().unwrap();
+    let demo = scratch.path().join("demo");
+    host::copy_demo_host(&demo);
+    let desired = scratch.path().join("busy.toml");
+    std::fs::write(
+        &desired,
+        "[settings]\nsharing = \"unsafe\"\ntoolstack = \"xenstore\"\n\n\
+         [domains.web01.disks]\n\
+         xvda = { source = \"phy:/dev/mapper/vg0-web01\", mode = \"w\" }\n\
+         xvdb = { source = \"phy:/dev/sdb1\", mode = \"r\" }\n\
+         xvdc = { source = \"phy:/dev/sda1\", mode = \"r\" }\n",
+    )
+    .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_xendisk"))
+        .arg("--sim")
+        .arg(&demo)
+        .args(["apply", "--yes"])
+        .arg(&desired)
+        .env_remove("XENSTORED_PATH")
+        .env_remove("XENDISK_STATE")
+        .env_remove("XENDISK_NO_HOTPLUG")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(
+            "Device /dev/sda1 is mounted read-write in the privileged domain,\n\
+             and so cannot be mounted read-only by a guest."
+        ),
+        "{text}"
+    );
+    let kept = std::fs::read_to_string(demo.join(".sim/xenstore.xs")).unwrap();
+    assert!(!kept.contains("/dev/sda1"), "{kept}");
 }

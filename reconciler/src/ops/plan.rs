@@ -140,8 +140,10 @@ fn make_plan(
 fn warn_unconnected(host: &HostState, console: &mut Console<'_>) -> std::io::Result<()> {
     for attachment in &host.attachments {
         let meaning = match attachment.state {
-            Some(2) => "2, InitWait: the guest has not connected (no blkfront?), or the hotplug \
-                        step gave blkback no device (see its hotplug-status and hotplug-error)",
+            Some(2) => {
+                "2, InitWait: the guest has not connected (no blkfront?), or the hotplug \
+                        step gave blkback no device (see its hotplug-status and hotplug-error)"
+            }
             Some(3) => "3, Initialised: blkback has not connected to the guest",
             _ => continue,
         };

@@ -96,7 +96,10 @@ fn backend_of(store: &Store, path: &str) -> Option<String> {
     let ["", "local", "domain", domid, "device", "vbd", devid, ..] = parts.as_slice() else {
         return None;
     };
-    let backend = read(store, &format!("/local/domain/{domid}/device/vbd/{devid}/backend"))?;
+    let backend = read(
+        store,
+        &format!("/local/domain/{domid}/device/vbd/{devid}/backend"),
+    )?;
     backend.starts_with(VBD_BACKENDS).then_some(backend)
 }
 
@@ -182,7 +185,8 @@ fn probe(store: &Store, backend: &str) -> Vec<(String, String)> {
         return fatal(backend, ENOENT, &message);
     };
     if frontend.is_empty() || !store.exists(&frontend) {
-        let message = format!("unable to read other end from {relative}.  missing or inaccessible.");
+        let message =
+            format!("unable to read other end from {relative}.  missing or inaccessible.");
         return fatal(backend, ENOENT, &message);
     }
     [
@@ -200,7 +204,10 @@ fn probe(store: &Store, backend: &str) -> Vec<(String, String)> {
 /// `connect` when the frontend is ready.
 fn connect(store: &Store, host: &HostView, backend: &str) -> Vec<(String, String)> {
     let at = |leaf: &str| format!("{backend}/{leaf}");
-    if read(store, &at("physical-device")).and_then(|d| hotplug::parse_hex(&d)).is_none() {
+    if read(store, &at("physical-device"))
+        .and_then(|d| hotplug::parse_hex(&d))
+        .is_none()
+    {
         return fatal(backend, EINVAL, "reading physical-device");
     }
     let Some(mode) = read(store, &at("mode")) else {

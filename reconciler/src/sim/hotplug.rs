@@ -252,7 +252,11 @@ pub fn add(store: &Store, host: &HostView, backend: &str) -> Vec<(String, String
     {
         let number = assumed_number(store, host, &params);
         if let Some(result) = sharing.check(&[number]) {
-            return busy(ebusy(&format!("Device {params} is mounted "), mode, &result));
+            return busy(ebusy(
+                &format!("Device {params} is mounted "),
+                mode,
+                &result,
+            ));
         }
         return connected(number, &params);
     }
