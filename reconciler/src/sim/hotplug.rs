@@ -230,14 +230,12 @@ pub fn add(store: &Store, host: &HostView, backend: &str) -> Vec<(String, String
             ));
         }
         let loops = loops_over(store, &params);
-        if mode != '!' && !loops.is_empty() {
-            if let Some(result) = sharing.check(&loops) {
-                let through = result.split_once(' ').map_or("", |(_, d)| d).to_owned();
-                let prefix = format!(
-                    "File {params} is loopback-mounted through {through},\nwhich is mounted "
-                );
-                return busy(ebusy(&prefix, mode, &result));
-            }
+        // Sharing.check skips `w!` itself; no loop over the file is "ok".
+        if let Some(result) = sharing.check(&loops) {
+            let through = result.split_once(' ').map_or("", |(_, d)| d).to_owned();
+            let prefix =
+                format!("File {params} is loopback-mounted through {through},\nwhich is mounted ");
+            return busy(ebusy(&prefix, mode, &result));
         }
         let Some(minor) = free_loop(store, host) else {
             return fatal("Failed to find an unused loop device".to_owned());

@@ -7,8 +7,11 @@
 //!
 //! It plays the guests too (a backend set to Closing is answered by the
 //! frontend going Closed, after a delay, unless that guest keeps its disks),
-//! and can inject faults (dropped connections, EAGAIN on commit, slow
-//! replies). It owns only its own store; it never touches the host.
+//! and, when given [`Drivers`], dom0's blkback, the `block` hotplug script
+//! over a [`HostView`] of the simulated dom0 ([`hotplug`]) and the guests'
+//! blkfront ([`drivers`]), so that a disk connects only as it would on a
+//! real host. It can inject faults (dropped connections, EAGAIN on commit,
+//! slow replies). It owns only its own store; it never touches the host.
 
 pub mod drivers;
 pub mod dump;
