@@ -88,7 +88,7 @@ impl SimulatedHost {
         // Its dom0's drivers play along: a disk that would not connect on
         // the host it was captured from does not connect here.
         let drivers = sim::Drivers {
-            host: sim::HostView::of_host_root(dir)?,
+            host: super::host_view(dir),
             without_blkfront: Default::default(),
         };
         let simulator = sim::Simulator::start_with_drivers(

@@ -372,3 +372,41 @@ fn assumed_number(store: &Store, host: &HostView, path: &str) -> DevNum {
     let next = highest.max(host_highest).map_or(0, |m| m + 1);
     DevNum::new(DM_MAJOR, next)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_numbers_are_written_as_stat_prints_them() {
+        assert_eq!(hex(DevNum::new(253, 1)), "fd:1");
+        assert_eq!(hex(DevNum::new(7, 10)), "7:a");
+        assert_eq!(parse_hex("fd:1"), Some(DevNum::new(253, 1)));
+        assert_eq!(parse_hex("253"), None);
+    }
+
+    #[test]
+    fn the_script_s_busy_messages() {
+        assert_eq!(
+            ebusy("Device /dev/sdb1 is mounted ", 'w', "guest 8:11"),
+            "Device /dev/sdb1 is mounted in a guest domain,\nand so cannot be mounted now."
+        );
+        assert_eq!(
+            ebusy("Device /dev/sdb1 is mounted ", 'r', "local 8:11"),
+            "Device /dev/sdb1 is mounted read-write in the privileged domain,\n\
+             and so cannot be mounted read-only by a guest."
+        );
+        assert_eq!(canonical_mode("w!"), '!');
+        assert_eq!(canonical_mode("ro"), 'r');
+    }
+
+    #[test]
+    fn the_view_of_a_captured_dom0() {
+        let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hosts/demo");
+        let view = HostView::of_host_root(&demo).unwrap();
+        let root = &view.devices["/dev/mapper/vg0-root"];
+        assert_eq!(root.canonical, "/dev/dm-0");
+        assert!(view.mounted_rw.contains(&root.number));
+        assert!(view.devices.contains_key("/dev/sdb1"));
+    }
+}

@@ -62,6 +62,10 @@ fn dom0(blkback: bool) -> Option<Dom0> {
            xenstore-write $p/hotplug-error 'Device /dev/busy is mounted in the privileged domain, and so cannot be mounted by a guest.' $p/hotplug-status busy\n\
            exit 1\n\
          fi\n\
+         if [ \"$(xenstore-read $p/params)\" = /dev/nothing ]; then\n\
+           xenstore-write $p/hotplug-status connected\n\
+           exit 0\n\
+         fi\n\
          xenstore-write $p/physical-device 7:0 $p/hotplug-status connected\n",
         socket = simulator.socket().display(),
         log = log.display(),
@@ -234,6 +238,26 @@ fn a_refusal_by_the_script_is_reported_in_its_words_and_undone() {
         host.script_log(),
         "add backend/vbd/4/51728\nremove backend/vbd/4/51728\n"
     );
+}
+
+/// The real script's answer to a path that is neither a block device nor
+/// a regular file: success, and no device for blkback to open.
+#[test]
+fn a_success_that_names_no_device_is_refused_and_undone() {
+    let Some(host) = dom0(true) else { return };
+    let error = host
+        .toolstack()
+        .attach(&attach("/dev/nothing", Mode::Write))
+        .unwrap_err();
+    assert!(
+        matches!(&error, ToolstackError::Hotplug { error, .. }
+            if error.contains("wrote no physical-device")),
+        "{error}"
+    );
+    let store = host.store();
+    for path in [BACKEND, FRONTEND, RECORD] {
+        assert!(!store.exists(path), "{path} is left");
+    }
 }
 
 #[test]
