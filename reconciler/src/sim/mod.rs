@@ -13,6 +13,7 @@
 //! real host. It can inject faults (dropped connections, EAGAIN on commit,
 //! slow replies). It owns only its own store; it never touches the host.
 
+mod change;
 pub mod drivers;
 pub mod dump;
 pub mod hotplug;
