@@ -65,16 +65,22 @@ xd() {
 # --- xenstore ----------------------------------------------------------------
 # xs_wait PATH GLOB SECONDS [COMMAND...]: start watching PATH, run COMMAND,
 # then wait (no polling: xenstore-watch blocks) until PATH's value matches
-# GLOB. Sets XS_VALUE. The watch fires once when it is set, so a value
+# GLOB (@children: until the directory PATH has a child). Sets XS_VALUE. The watch fires once when it is set, so a value
 # written before the watch started is seen too.
 xs_wait() {
-    local path=$1 pat=$2 secs=$3 ev
+    local path=$1 pat=$2 secs=$3 ev list=
     shift 3
+    # @children: a directory with something in it
+    [ "$pat" = @children ] && list=1 pat='?*'
     coproc XSW { exec timeout "$secs" xenstore-watch "$path" 2> /dev/null; }
     local fd=${XSW[0]} pid=$XSW_PID
     (($#)) && "$@"
     while read -r -u "$fd" ev; do
-        XS_VALUE=$(xenstore-read "$path" 2> /dev/null) || XS_VALUE=
+        if [ "$list" ]; then
+            XS_VALUE=$(xenstore-list "$path" 2> /dev/null | head -n1)
+        else
+            XS_VALUE=$(xenstore-read "$path" 2> /dev/null) || XS_VALUE=
+        fi
         # shellcheck disable=SC2053
         if [[ $XS_VALUE == $pat ]]; then
             kill "$pid" 2> /dev/null; wait "$pid" 2> /dev/null
@@ -84,7 +90,18 @@ xs_wait() {
     wait "$pid" 2> /dev/null
     return 1
 }
-domid() { xl domid "$1" 2> /dev/null; }
+# domid NAME: the guest's domid (remembered: `xl domid` costs ~1 s under TCG)
+domid() {
+    local f=/run/rx-domid-$1 id
+    if [ -r "$f" ] && read -r id < "$f" &&
+        [ "$(xenstore-read "/local/domain/$id/name" 2> /dev/null)" = "$1" ]; then
+        echo "$id"
+        return 0
+    fi
+    id=$(xl domid "$1" 2> /dev/null) || return 1
+    echo "$id" > "$f"
+    echo "$id"
+}
 
 # --- guests ------------------------------------------------------------------
 GUEST_MEM=96
@@ -202,4 +219,28 @@ evidence() {
     done > "$f.block-list"
     [ -e "$XENDISK_STATE" ] && xendisk state --json > "$f.state.json" 2>&1
     { dmsetup table 2>&1; echo; losetup --list 2>&1; } > "$f.devices"
+}
+
+# xs_vbd DOMID DEVID FILE: the three xenstore subtrees of one vbd (backend,
+# frontend, libxl's record), with permissions
+xs_vbd() {
+    local p
+    for p in "/local/domain/0/backend/vbd/$1/$2" "/local/domain/$1/device/vbd/$2" "/libxl/$1/device/vbd/$2"; do
+        xenstore-ls -f -p "$p" 2>&1 || echo "$p: absent"
+    done > "$3"
+}
+# vbd_count DOMID: how many vbd backends dom0 serves to DOMID
+vbd_count() { xenstore-list "/local/domain/0/backend/vbd/$1" 2> /dev/null | wc -l; }
+# connected DOMID: every vbd backend of DOMID has hotplug-status "connected"
+# and state 4; prints the first that has not
+connected() {
+    local be=/local/domain/0/backend/vbd/$1 dev st hs
+    for dev in $(xenstore-list "$be" 2> /dev/null); do
+        st=$(xenstore-read "$be/$dev/state" 2> /dev/null)
+        hs=$(xenstore-read "$be/$dev/hotplug-status" 2> /dev/null)
+        if [ "$st" != 4 ] || [ "$hs" != connected ]; then
+            echo "$dev: state $st, hotplug-status $hs, $(xenstore-read "$be/$dev/hotplug-error" 2> /dev/null)"
+            return 1
+        fi
+    done
 }
