@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034
 # Scenario framework, sourced by dom0-run and by every scenario (bash).
 #
 # A scenario runs in dom0 with RX_SCENARIO set to its name; everything it

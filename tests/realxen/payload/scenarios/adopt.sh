@@ -3,7 +3,6 @@
 # nothing to do; xendisk detaches one disk and xl block-list agrees.
 . /run/payload/lib.sh
 need_guest guest1
-id=$(domid guest1)
 truncate -s 8M "$W/image.raw"
 truncate -s 4M "$W/phy.img"
 loopdev=$(losetup --find --show "$W/phy.img") || fatal "losetup failed"

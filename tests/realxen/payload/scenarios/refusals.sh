@@ -24,6 +24,7 @@ EOF
 xd state-before state --json
 before=$XD_OUT
 xs_before=$(xenstore-ls -f /local/domain/0/backend 2>&1)
+dev_before=$(dmsetup ls; losetup --list --noheadings)
 xd plan-mounted plan "$R/mounted.toml"
 check_eq "plan of a pool on a mounted device exits 3" 3 "$XD_RC"
 xd apply-mounted apply "$R/mounted.toml" --yes
@@ -32,6 +33,7 @@ check_match "the refusal names the mount" "*mount*" "$XD_OUT $XD_ERR"
 xd state-after state --json
 check_eq "the state DB is unchanged" "$before" "$XD_OUT"
 check_eq "xenstore's backends are unchanged" "$xs_before" "$(xenstore-ls -f /local/domain/0/backend 2>&1)"
+check_eq "no device-mapper or loop device was made" "$dev_before" "$(dmsetup ls; losetup --list --noheadings)"
 check_eq "guest1 has no xvdb" "" "$(guest_disk guest1 xvdb)"
 umount "$W/mnt"
 
@@ -64,6 +66,7 @@ xvdb = { source = "vdisk:w", mode = "w" }'
 xd state-before2 state --json
 before=$XD_OUT
 xs_before=$(xenstore-ls -f /local/domain/0/backend 2>&1)
+dev_before=$(dmsetup ls; losetup --list --noheadings)
 xd plan-two-writers plan "$R/writers.toml"
 check_eq "plan of two writers exits 3" 3 "$XD_RC"
 xd apply-two-writers apply "$R/writers.toml" --yes
@@ -71,5 +74,6 @@ check_eq "apply of two writers exits 3" 3 "$XD_RC"
 xd state-after2 state --json
 check_eq "the state DB is unchanged" "$before" "$XD_OUT"
 check_eq "xenstore's backends are unchanged" "$xs_before" "$(xenstore-ls -f /local/domain/0/backend 2>&1)"
+check_eq "no device-mapper or loop device was made or removed" "$dev_before" "$(dmsetup ls; losetup --list --noheadings)"
 check_eq "guest2 has no xvdb" "" "$(guest_disk guest2 xvdb)"
 check_eq "guest1 still has xvdb" "4096:0" "$(guest_disk guest1 xvdb)"
