@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use xendisk::apply::toolstack::{AttachRequest, BackendHost, Toolstack, XenstoreToolstack};
-use xendisk::desired::{Format, Mode};
+use xendisk::desired::Mode;
 use xendisk::sim::{Faults, GuestPolicy, Simulator, Store};
 use xendisk::xs_client::XsClient;
 
