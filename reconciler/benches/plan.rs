@@ -196,6 +196,7 @@ fn generate(scale: &Scale, dir: &Path) {
                     physical_device: Some(DevNum::new(253, v as u32)),
                     online: true,
                     state: Some(4),
+                    hotplug_refused: None,
                 });
             }
         }

@@ -65,6 +65,15 @@ pub fn generate(state: &StateSnapshot, host: &HostState) -> Generated {
             ));
             continue;
         }
+        if let Some(status) = &attachment.hotplug_refused {
+            skipped.push(format!(
+                "domid {} device {} ({}): its hotplug script refused it (hotplug-status {status}), \
+                 so it is no working disk; declare it to have it attached again, or leave its \
+                 domain's disks declared to have it taken away",
+                attachment.domid, attachment.devid, attachment.params
+            ));
+            continue;
+        }
         let Some(domain) = index
             .domain_name(attachment.domid)
             .filter(|n| !n.is_empty())

@@ -12,13 +12,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use xendisk::apply::toolstack::{AttachRequest, BackendHost, Toolstack, XenstoreToolstack};
-use xendisk::desired::{Format, Mode};
+use xendisk::desired::Mode;
 use xendisk::sim::{Faults, GuestPolicy, Simulator, Store};
 use xendisk::xs_client::XsClient;
-
-const BACKEND: &str = "/local/domain/0/backend/vbd/1/51728";
-const FRONTEND: &str = "/local/domain/1/device/vbd/51728";
-const RECORD: &str = "/libxl/1/device/vbd/51728";
 
 fn fixtures() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/realxen/fixtures")
@@ -52,18 +48,17 @@ fn subtree(store: &Store, top: &str) -> BTreeMap<String, (String, Vec<String>)> 
         .collect()
 }
 
-#[test]
-fn the_xenstore_toolstack_writes_the_nodes_libxl_wrote_on_a_real_host() {
-    let text = std::fs::read_to_string(fixtures().join("xl-block-attach-loop0-rw.xs")).unwrap();
+/// xendisk's attach of `/dev/loop0` read-write at `vdev` of domain 1,
+/// against the vbd `xl block-attach` made in `fixture`.
+fn twin(fixture: &str, vdev: &str, devid: u32) {
+    let backend = format!("/local/domain/0/backend/vbd/1/{devid}");
+    let frontend = format!("/local/domain/1/device/vbd/{devid}");
+    let record = format!("/libxl/1/device/vbd/{devid}");
+    let text = std::fs::read_to_string(fixtures().join(fixture)).unwrap();
     let real = xendisk::sim::dump::parse(&text).unwrap();
-    // The host before the attach: as the capture, without the vbd (libxl
-    // made the guest's `device/vbd` directory when it built the domain).
+    // The host before the attach: as captured, without the vbd.
     let mut before = real.clone();
-    for gone in [
-        FRONTEND,
-        "/local/domain/0/backend/vbd",
-        "/libxl/1/device/vbd",
-    ] {
+    for gone in [&backend, &frontend, &record] {
         before.rm(gone).unwrap();
     }
     let dir = tempfile::tempdir().unwrap();
@@ -85,12 +80,12 @@ fn the_xenstore_toolstack_writes_the_nodes_libxl_wrote_on_a_real_host() {
         .attach(&AttachRequest {
             domain: "domu1".into(),
             domid: 1,
-            vdev: "xvdb".into(),
-            devid: 51728,
+            vdev: vdev.into(),
+            devid,
             target: "/dev/loop0".into(),
             kind: "phy",
             mode: Mode::Write,
-            format: Format::Raw,
+            format: Default::default(),
         })
         .unwrap();
     let ours = simulator.store();
@@ -100,31 +95,18 @@ fn the_xenstore_toolstack_writes_the_nodes_libxl_wrote_on_a_real_host() {
             .is_some_and(|leaf| skipped.iter().any(|(p, l)| p == place && l == leaf))
     };
     for (place, top) in [
-        ("backend", "/local/domain/0/backend/vbd"),
-        ("frontend", FRONTEND),
-        ("record", "/libxl/1/device/vbd"),
+        ("backend", backend.as_str()),
+        ("frontend", frontend.as_str()),
+        ("record", record.as_str()),
     ] {
-        let leaf_top = match place {
-            "backend" => BACKEND,
-            "record" => RECORD,
-            _ => FRONTEND,
-        };
+        // A fixture of the vbd alone lists its leaves, not its directory.
+        let listed = |path: &str| path != top || text.contains(&format!("\n{top} = "));
         let expected: BTreeMap<_, _> = subtree(&real, top)
             .into_iter()
-            .filter(|(path, _)| !written_by_others(place, path, leaf_top))
+            .filter(|(path, _)| !written_by_others(place, path, top) && listed(path))
             .collect();
         let mut made = subtree(&ours, top);
-        // Nodes the toolstack writes with a value a driver moves on later:
-        // present in both, compared for presence and permissions only.
-        for (path, (value, _)) in made.iter_mut() {
-            if written_by_others(place, path, leaf_top) {
-                *value = expected
-                    .get(path)
-                    .map(|(v, _)| v.clone())
-                    .unwrap_or_default();
-            }
-        }
-        made.retain(|path, _| !written_by_others(place, path, leaf_top));
+        made.retain(|path, _| !written_by_others(place, path, top) && listed(path));
         let render = |tree: &BTreeMap<String, (String, Vec<String>)>| {
             tree.iter()
                 .map(|(path, (value, perms))| {
@@ -135,12 +117,41 @@ fn the_xenstore_toolstack_writes_the_nodes_libxl_wrote_on_a_real_host() {
         let (made, expected) = (render(&made), render(&expected));
         assert!(
             made == expected,
-            "{place}: xendisk's nodes differ from libxl's (- libxl, + xendisk):\n{}",
+            "{fixture}, {place}: xendisk's nodes differ from libxl's (- libxl, + xendisk):\n{}",
             similar::TextDiff::from_lines(&expected, &made).unified_diff()
         );
     }
     // The two nodes the toolstack writes and a driver moves on: there, as
     // libxl leaves them before blkback and blkfront start.
-    assert_eq!(ours.read(&format!("{BACKEND}/state")).unwrap(), b"1");
-    assert_eq!(ours.read(&format!("{FRONTEND}/state")).unwrap(), b"1");
+    assert_eq!(ours.read(&format!("{backend}/state")).unwrap(), b"1");
+    assert_eq!(ours.read(&format!("{frontend}/state")).unwrap(), b"1");
+}
+
+#[test]
+fn the_xenstore_toolstack_writes_the_nodes_libxl_wrote_on_a_real_host() {
+    // From the recipe's run (xvdb), and from the project's test bed (xvdc).
+    twin("xl-block-attach-loop0-rw.xs", "xvdb", 51728);
+    twin("xl-block-attach.xenstore", "xvdc", 51744);
+}
+
+/// The test bed captured, in one run, what xl made and what xendisk's
+/// xenstore toolstack made of the same disk once each was connected.
+#[test]
+fn on_the_real_host_xendisk_s_twin_is_libxl_s_vbd_node_for_node() {
+    let read = |name: &str| {
+        let text = std::fs::read_to_string(fixtures().join(name)).unwrap();
+        xendisk::sim::dump::parse(&text).unwrap()
+    };
+    let (xl, ours) = (
+        read("xl-block-attach.xenstore"),
+        read("xendisk-xenstore.xenstore"),
+    );
+    for top in [
+        "/local/domain/0/backend/vbd/1/51744",
+        "/local/domain/1/device/vbd/51744",
+        "/libxl/1/device/vbd/51744",
+    ] {
+        assert_eq!(subtree(&ours, top), subtree(&xl, top), "{top}");
+        assert!(!subtree(&xl, top).is_empty(), "{top}");
+    }
 }

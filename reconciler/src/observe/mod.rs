@@ -111,6 +111,11 @@ pub struct Attachment {
     pub online: bool,
     /// The backend's XenbusState (`state`), when it is a number.
     pub state: Option<u32>,
+    /// The backend's `hotplug-status` when its hotplug script refused it
+    /// (`busy`, `error`): the toolstack left it behind (xl does), blkback
+    /// never opened the device, and it is no working disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hotplug_refused: Option<String>,
 }
 
 /// XenbusState Closing and Closed (xen/include/public/io/xenbus.h).
@@ -118,10 +123,14 @@ const XENBUS_CLOSING: u32 = 5;
 const XENBUS_CLOSED: u32 = 6;
 
 impl Attachment {
-    /// Being torn down: asked to go offline, or closing or closed. It still
-    /// holds its disk until its nodes are gone, but it is not attached.
+    /// Not a working attachment: being torn down (asked to go offline, or
+    /// closing or closed), or refused by its hotplug script. It is taken
+    /// away before the disk is attached again, and holds its disk until
+    /// its nodes are gone.
     pub fn is_closing(&self) -> bool {
-        !self.online || matches!(self.state, Some(XENBUS_CLOSING | XENBUS_CLOSED))
+        !self.online
+            || matches!(self.state, Some(XENBUS_CLOSING | XENBUS_CLOSED))
+            || self.hotplug_refused.is_some()
     }
 
     /// The path `params` names, its driver and format prefixes taken off.

@@ -21,7 +21,7 @@ use crate::vdev::Vdev;
 use crate::xs_client::{XENBUS_DEVICE, XsClient, XsError, socket_path};
 
 /// What is read of each attachment's backend directory, in one round trip.
-const ATTACHMENT_LEAVES: [&str; 7] = [
+const ATTACHMENT_LEAVES: [&str; 8] = [
     "params",
     "mode",
     "type",
@@ -29,6 +29,7 @@ const ATTACHMENT_LEAVES: [&str; 7] = [
     "online",
     "state",
     "frontend-id",
+    "hotplug-status",
 ];
 
 /// Backend kinds that serve block devices.
@@ -176,7 +177,16 @@ pub fn read_xenstore() -> Result<XenstoreView, XenstoreError> {
                 .unwrap_or_default()
             {
                 let dir = format!("{base}/{domid}/{devid}");
-                let [params, mode, kind, physical, online, state, frontend_id] = reader
+                let [
+                    params,
+                    mode,
+                    kind,
+                    physical,
+                    online,
+                    state,
+                    frontend_id,
+                    hotplug,
+                ] = reader
                     .leaves(&dir, &ATTACHMENT_LEAVES)?
                     .try_into()
                     .unwrap_or_default();
@@ -217,6 +227,10 @@ pub fn read_xenstore() -> Result<XenstoreView, XenstoreError> {
                     // libxl writes `online = 1`; a missing node is not a request to go.
                     online: online.is_none_or(|text| text.trim() != "0"),
                     state: state.and_then(|text| text.trim().parse().ok()),
+                    // The block script's verdicts on failure (block-common.sh).
+                    hotplug_refused: hotplug.filter(|status| {
+                        matches!(status.trim(), "busy" | "error")
+                    }),
                 });
             }
         }

@@ -126,6 +126,7 @@ mod tests {
             physical_device: None,
             online: true,
             state: Some(4),
+            hotplug_refused: None,
         }
     }
 

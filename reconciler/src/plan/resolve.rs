@@ -358,6 +358,7 @@ mod tests {
                 physical_device: None,
                 online: true,
                 state: Some(4),
+                hotplug_refused: None,
             };
             let source = index.source(&attachment);
             assert_eq!(source, Source::File(path.to_owned()), "{params}");

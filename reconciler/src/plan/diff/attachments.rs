@@ -389,10 +389,10 @@ impl Builder<'_> {
             }
         };
         let mode = actual::mode_of(&attachment.mode);
-        let closing = if attachment.is_closing() {
-            ", being detached"
-        } else {
-            ""
+        let closing = match &attachment.hotplug_refused {
+            Some(status) => format!(", refused by its hotplug script: {status}"),
+            None if attachment.is_closing() => ", being detached".to_owned(),
+            None => String::new(),
         };
         Holder {
             name: format!(
