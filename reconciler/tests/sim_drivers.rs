@@ -217,6 +217,73 @@ fn an_attach_connects_to_the_tree_libxl_and_the_drivers_made_on_a_real_host() {
     assert!(!ours.exists("/local/domain/0/error"));
 }
 
+/// The script's refusal as a real host shows it: Debian's block script
+/// refused guest2 a device guest1 writes (tests/realxen/fixtures/
+/// xl-refused-shared-writer.xenstore, left as xl left it). The same nodes
+/// written on the simulator by a toolstack that waits for nothing end the
+/// same: blkback in InitWait with its probe's nodes, the script's `busy`
+/// in its words, and guest2's blkfront Initialised, waiting for a backend
+/// that never connects.
+#[test]
+fn a_refused_second_writer_ends_as_on_a_real_host() {
+    let text =
+        std::fs::read_to_string(fixtures().join("xl-refused-shared-writer.xenstore")).unwrap();
+    let real = xendisk::sim::dump::parse(&text).unwrap();
+    let mut before = real.clone();
+    for gone in [
+        backend(2).as_str(),
+        frontend(2).as_str(),
+        "/libxl/2/device/vbd",
+    ] {
+        before.rm(gone).unwrap();
+    }
+    let mut view = HostView::default();
+    view.devices.insert(
+        "/dev/loop1".into(),
+        device(DevNum::new(7, 1), 16384, "/dev/loop1"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let simulator = Simulator::start_with_drivers(
+        &dir.path().join("socket"),
+        before,
+        GuestPolicy::default(),
+        Faults::default(),
+        Some(Drivers {
+            host: view,
+            ..Drivers::default()
+        }),
+    )
+    .unwrap();
+    let client = XsClient::connect_to(simulator.socket()).unwrap();
+    XenstoreToolstack::with_client(
+        client,
+        BackendHost::Simulated,
+        Duration::from_secs(5),
+        false,
+    )
+    .attach(&AttachRequest {
+        domain: "guest2".into(),
+        ..request(2, "/dev/loop1", Mode::Write)
+    })
+    .unwrap();
+    let ours = simulator.store();
+    for (place, top) in [
+        ("backend", backend(2)),
+        ("frontend", frontend(2)),
+        ("record", "/libxl/2/device/vbd".to_owned()),
+    ] {
+        let (expected, made) = (subtree(&real, &top, place), subtree(&ours, &top, place));
+        assert!(
+            made == expected,
+            "{place}: the simulated refusal differs from the real one (- real, + simulated):\n{}",
+            similar::TextDiff::from_lines(&expected, &made).unified_diff()
+        );
+    }
+    let value = |path: String| String::from_utf8(ours.read(&path).unwrap().to_vec()).unwrap();
+    assert_eq!(value(format!("{}/hotplug-status", backend(2))), "busy");
+    assert_eq!(value(format!("{}/state", frontend(2))), "3");
+}
+
 /// Nothing of a refused attach is left.
 fn assert_undone(host: &Host, domid: u32) {
     let store = host.simulator.store();
