@@ -2,8 +2,9 @@
 # block-attach` of a device dom0 has mounted fails, but its vbd stays in
 # xenstore (backend state 2, hotplug-status "busy", hotplug-error says why)
 # and the guest has no disk. xendisk must not take it for a working
-# attachment: a desired file that asks for it is not "No changes", and
-# xendisk can remove it.
+# attachment: a desired file that asks for it is not "No changes" and,
+# once dom0 let go of the device, apply makes it work; a desired file
+# without it detaches it.
 . /run/payload/lib.sh
 need_guest guest1
 id=$(domid guest1)
@@ -29,6 +30,13 @@ xd plan-wanted plan "$R/wanted.toml"
 check "a plan that wants it is not \"No changes\"" test "$XD_RC" -ne 0
 xd generate generate
 check_eq "generate exits 0" 0 "$XD_RC"
+# dom0 no longer mounts it: xendisk clears the refused vbd and attaches anew
+xd apply-wanted apply "$R/wanted.toml" --yes
+check_eq "apply of it, now that dom0 unmounted the device, exits 0" 0 "$XD_RC"
+check_eq "the guest sees xvdb" "8192:0" "$(guest_wait_disk guest1 xvdb present 20)"
+check_eq "its backend is connected" "" "$(connected "$id")"
+xd plan-wanted-again plan "$R/wanted.toml"
+check_eq "plan then exits 0" 0 "$XD_RC"
 
 cat > "$R/none.toml" << EOF
 [settings]
@@ -40,5 +48,6 @@ check_eq "a plan without it exits 2 (detach)" 2 "$XD_RC"
 xd apply-none apply "$R/none.toml" --yes
 check_eq "apply without it exits 0" 0 "$XD_RC"
 check "its backend is gone" bash -c "! xenstore-exists $be"
+check "the guest no longer sees xvdb" guest_wait_disk guest1 xvdb absent 20
 xd plan-none-again plan "$R/none.toml"
-check_eq "plan then exits 0" 0 "$XD_RC"
+check_eq "plan after the detach exits 0" 0 "$XD_RC"
