@@ -22,9 +22,10 @@ struct Guest {
 }
 
 impl Guest {
-    fn call(&mut self, kind: MessageType, parts: &[&[u8]]) -> Result<Vec<u8>, String> {
+    /// One request with `payload`; its answer, or the errno's name.
+    fn request(&mut self, kind: MessageType, payload: Vec<u8>) -> Result<Vec<u8>, String> {
         self.next += 1;
-        Message::new(kind, self.next, 0, nul_terminated(parts.iter().copied()))
+        Message::new(kind, self.next, 0, payload)
             .write_to(&mut self.stream)
             .unwrap();
         let reply = Message::read_from(&mut self.stream).unwrap().unwrap();
@@ -36,24 +37,19 @@ impl Guest {
         Ok(reply.payload)
     }
 
+    fn call(&mut self, kind: MessageType, parts: &[&[u8]]) -> Result<Vec<u8>, String> {
+        self.request(kind, nul_terminated(parts.iter().copied()))
+    }
+
     fn read(&mut self, path: &str) -> Result<Vec<u8>, String> {
         self.call(MessageType::Read, &[path.as_bytes()])
     }
 
+    /// A WRITE: the path NUL-terminated, then the value as it is.
     fn write(&mut self, path: &str, value: &str) -> Result<(), String> {
         let mut payload = nul_terminated([path.as_bytes()]);
         payload.extend_from_slice(value.as_bytes());
-        self.next += 1;
-        Message::new(MessageType::Write, self.next, 0, payload)
-            .write_to(&mut self.stream)
-            .unwrap();
-        let reply = Message::read_from(&mut self.stream).unwrap().unwrap();
-        if reply.message_type() == Some(MessageType::Error) {
-            return Err(String::from_utf8_lossy(&reply.payload)
-                .trim_end_matches('\0')
-                .to_owned());
-        }
-        Ok(())
+        self.request(MessageType::Write, payload).map(|_| ())
     }
 }
 

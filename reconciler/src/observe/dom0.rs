@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::{BlockDevice, Dom0Use, ObserveError, UseKind, UseTarget, devices, under};
 use crate::extent::DevNum;
@@ -107,14 +107,30 @@ fn push_sectors(
 /// filesystem mounted only in a container's namespace is mounted all the
 /// same.
 fn mount_tables(root: &Path) -> Vec<(String, Option<String>)> {
-    let namespace_of = |pid: &str| {
-        fs::read_link(under(root, &format!("/proc/{pid}/ns/mnt")))
-            .ok()
-            .map(|link| link.to_string_lossy().into_owned())
-    };
-    let own = namespace_of("self");
+    let namespaces = mount_namespaces(root);
     let mut tables = vec![("/proc/mounts".to_owned(), None)];
-    let mut seen: std::collections::BTreeSet<String> = own.into_iter().collect();
+    let mut seen: std::collections::BTreeSet<&PathBuf> = namespaces.own.iter().collect();
+    for (pid, namespace) in &namespaces.processes {
+        if seen.insert(namespace) {
+            tables.push((
+                format!("/proc/{pid}/mounts"),
+                Some(format!("mount namespace of pid {pid}")),
+            ));
+        }
+    }
+    tables
+}
+
+/// Which mount namespace this process and every other is in, by their
+/// `/proc/PID/ns/mnt` links under `root`.
+pub struct MountNamespaces {
+    pub own: Option<PathBuf>,
+    /// Every process whose link could be read, by pid.
+    pub processes: Vec<(u64, PathBuf)>,
+}
+
+pub fn mount_namespaces(root: &Path) -> MountNamespaces {
+    let namespace_of = |pid: &str| fs::read_link(under(root, &format!("/proc/{pid}/ns/mnt"))).ok();
     let mut pids: Vec<u64> = fs::read_dir(under(root, "/proc"))
         .map(|entries| {
             entries
@@ -124,18 +140,13 @@ fn mount_tables(root: &Path) -> Vec<(String, Option<String>)> {
         })
         .unwrap_or_default();
     pids.sort_unstable();
-    for pid in pids {
-        let pid = pid.to_string();
-        if let Some(namespace) = namespace_of(&pid)
-            && seen.insert(namespace)
-        {
-            tables.push((
-                format!("/proc/{pid}/mounts"),
-                Some(format!("mount namespace of pid {pid}")),
-            ));
-        }
+    MountNamespaces {
+        own: namespace_of("self"),
+        processes: pids
+            .into_iter()
+            .filter_map(|pid| Some((pid, namespace_of(&pid.to_string())?)))
+            .collect(),
     }
-    tables
 }
 
 /// The block device a `/dev` path names, by the node's device number when

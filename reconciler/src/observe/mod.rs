@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::extent::DevNum;
 
+pub use dom0::{MountNamespaces, mount_namespaces};
 pub use paths::{PathTarget, ResolvedPath};
 pub use xenstore::{XenstoreError, XenstoreView, read_xenstore, reads_value};
 

@@ -146,35 +146,23 @@ fn read_tree() -> anyhow::Result<Store> {
 /// first process in it (as observation reads them), and this process's
 /// namespace link. Returns how many tables.
 fn copy_mount_namespaces(root: &Path, dir: &Path) -> anyhow::Result<usize> {
-    let own = fs::read_link(root.join("proc/self/ns/mnt")).ok();
-    if let Some(own) = &own {
+    let namespaces = crate::observe::mount_namespaces(root);
+    if let Some(own) = &namespaces.own {
         link(&dir.join("proc/self/ns/mnt"), own)?;
     }
-    let mut seen: BTreeSet<PathBuf> = own.into_iter().collect();
-    let mut pids: Vec<u64> = fs::read_dir(root.join("proc"))
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .filter_map(|e| e.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    pids.sort_unstable();
+    let mut seen: BTreeSet<&PathBuf> = namespaces.own.iter().collect();
     let mut tables = 0;
-    for pid in pids {
-        let Ok(namespace) = fs::read_link(root.join(format!("proc/{pid}/ns/mnt"))) else {
-            continue;
-        };
-        if seen.contains(&namespace) {
+    for (pid, namespace) in &namespaces.processes {
+        if seen.contains(namespace) {
             continue;
         }
         // A process that ended meanwhile: the next one in its namespace.
         let Ok(mounts) = fs::read(root.join(format!("proc/{pid}/mounts"))) else {
             continue;
         };
-        seen.insert(namespace.clone());
+        seen.insert(namespace);
         write(&dir.join(format!("proc/{pid}/mounts")), &mounts)?;
-        link(&dir.join(format!("proc/{pid}/ns/mnt")), &namespace)?;
+        link(&dir.join(format!("proc/{pid}/ns/mnt")), namespace)?;
         tables += 1;
     }
     Ok(tables)
