@@ -487,7 +487,7 @@ fn run_step(
             other => other.map(|_| ())?,
         },
         Op::Scrub { extents, .. } => {
-            let paths = pool_device_paths(db, clock)?;
+            let paths = pool_device_paths(db)?;
             let mut by_device: BTreeMap<crate::extent::DevNum, Vec<(u64, u64)>> = BTreeMap::new();
             for extent in extents {
                 by_device
@@ -526,17 +526,8 @@ fn run_step(
     Ok(())
 }
 
-fn pool_device_paths(
-    db: &StateDb,
-    clock: &dyn Fn() -> jiff::Timestamp,
-) -> Result<BTreeMap<crate::extent::DevNum, String>, StepError> {
-    let snapshot = db.snapshot(clock())?;
-    Ok(snapshot
-        .pools
-        .into_iter()
-        .flat_map(|p| p.devices)
-        .map(|d| (d.device, d.path))
-        .collect())
+fn pool_device_paths(db: &StateDb) -> Result<BTreeMap<crate::extent::DevNum, String>, StepError> {
+    Ok(db.pool_device_paths()?)
 }
 
 fn realise_request(
@@ -548,6 +539,6 @@ fn realise_request(
     Ok(RealiseRequest {
         vdisk: vdisk.to_owned(),
         extents,
-        pool_devices: pool_device_paths(db, clock)?,
+        pool_devices: pool_device_paths(db)?,
     })
 }

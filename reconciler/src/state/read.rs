@@ -73,6 +73,22 @@ impl StateDb {
         rows.collect::<Result<_, _>>().map_err(&error)
     }
 
+    /// Every pool device's path, by device number: what a step that writes
+    /// a vdisk's sectors needs, without reading the whole state.
+    pub fn pool_device_paths(&self) -> Result<BTreeMap<DevNum, String>, StateError> {
+        let error = self.sqlite_error("reading pool device paths");
+        let mut statement = self
+            .connection
+            .prepare_cached("SELECT major, minor, path FROM pool_devices")
+            .map_err(&error)?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok((DevNum::new(row.get(0)?, row.get(1)?), row.get(2)?))
+            })
+            .map_err(&error)?;
+        rows.collect::<Result<_, _>>().map_err(&error)
+    }
+
     /// Devices by row id, with their pool's row id; counts still zero.
     fn devices(&self) -> Result<BTreeMap<i64, (i64, PoolDeviceState)>, StateError> {
         let error = self.sqlite_error("reading pool devices");

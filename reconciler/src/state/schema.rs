@@ -93,6 +93,12 @@ pub(super) const MIGRATIONS: &[&str] = &[
         recorded_at INTEGER NOT NULL
     ) STRICT;
     "#,
+    // 4: every write reclaims the vdisks that have expired; without an
+    // index that is a scan of all vdisks, history included, per write.
+    r#"
+    CREATE INDEX vdisks_expiring ON vdisks(expires_at)
+        WHERE deleted_at IS NULL AND expires_at IS NOT NULL;
+    "#,
 ];
 
 /// The schema version this build writes.
