@@ -130,6 +130,9 @@ impl XenstoreToolstack {
         done: impl Fn(Option<&str>) -> bool,
     ) -> Result<(bool, Option<String>), XsError> {
         let deadline = Instant::now() + timeout;
+        // Drivers usually answer within milliseconds: look again soon,
+        // then less often (a read is one round trip to xenstored).
+        let mut pause = Duration::from_millis(1);
         loop {
             let value = self.client.read(0, path)?;
             if done(value.as_deref()) {
@@ -138,7 +141,8 @@ impl XenstoreToolstack {
             if Instant::now() >= deadline {
                 return Ok((false, value));
             }
-            std::thread::sleep(Duration::from_millis(25));
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(25));
         }
     }
 
