@@ -316,17 +316,16 @@ impl XsClient {
             .map_or("READ", |(kind, _)| operation_name(*kind));
         if let Connection::Device(_) = self.connection {
             // The xenbus device takes one message a write: ask in turn.
-            return Ok(requests
-                .into_iter()
-                .zip(paths)
-                .map(
-                    |((kind, payload), path)| match self.request(kind, tx, payload, path) {
-                        Ok(value) => Ok(value),
-                        Err(XsError::Errno { errno, .. }) => Err(errno),
-                        Err(other) => Err(other.to_string()),
-                    },
-                )
-                .collect());
+            let mut answers = Vec::with_capacity(requests.len());
+            for ((kind, payload), path) in requests.into_iter().zip(paths) {
+                answers.push(match self.request(kind, tx, payload, path) {
+                    Ok(value) => Ok(value),
+                    Err(XsError::Errno { errno, .. }) => Err(errno),
+                    // The connection failed: that is no answer.
+                    Err(other) => return Err(other),
+                });
+            }
+            return Ok(answers);
         }
         let first = self.next_request;
         let count = requests.len();

@@ -83,7 +83,6 @@ fn twin(fixture: &str, vdev: &str, devid: u32) {
             vdev: vdev.into(),
             devid,
             target: "/dev/loop0".into(),
-            kind: "phy",
             mode: Mode::Write,
             format: Default::default(),
         })

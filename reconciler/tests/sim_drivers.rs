@@ -138,7 +138,6 @@ fn request(domid: u32, target: &str, mode: Mode) -> AttachRequest {
         vdev: "xvdb".into(),
         devid: 51728,
         target: target.into(),
-        kind: "phy",
         mode,
         format: Format::Raw,
     }

@@ -98,7 +98,6 @@ fn request() -> AttachRequest {
         vdev: "xvdb".into(),
         devid: 51728,
         target: "/dev/loop0".into(),
-        kind: "phy",
         mode: Mode::Write,
         format: Default::default(),
     }

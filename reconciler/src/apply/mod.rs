@@ -388,17 +388,13 @@ fn toolstack_job(
             mode,
             format,
         } => {
-            let (target, kind) = match source {
-                Source::Vdisk(name) => {
-                    let device = devices
-                        .get(name)
-                        .cloned()
-                        .or_else(|| index.device_of(name))
-                        .unwrap_or_else(|| realise::mapper_path(name));
-                    (device, "phy")
-                }
-                Source::Phy(path) => (path.clone(), "phy"),
-                Source::File(path) => (path.clone(), "file"),
+            let target = match source {
+                Source::Vdisk(name) => devices
+                    .get(name)
+                    .cloned()
+                    .or_else(|| index.device_of(name))
+                    .unwrap_or_else(|| realise::mapper_path(name)),
+                Source::Phy(path) | Source::File(path) => path.clone(),
             };
             ToolstackJob::Attach(AttachRequest {
                 domain: domain.clone(),
@@ -406,7 +402,6 @@ fn toolstack_job(
                 vdev: vdev.clone(),
                 devid: *devid,
                 target,
-                kind,
                 mode: *mode,
                 format: *format,
             })

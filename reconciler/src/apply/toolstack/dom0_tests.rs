@@ -128,7 +128,6 @@ fn attach(target: &str, mode: Mode) -> AttachRequest {
         vdev: "xvdb".into(),
         devid: XVDB,
         target: target.into(),
-        kind: "phy",
         mode,
         format: Format::Raw,
     }

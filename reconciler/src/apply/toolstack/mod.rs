@@ -52,8 +52,6 @@ pub struct AttachRequest {
     pub devid: u32,
     /// The block device or file the guest gets.
     pub target: String,
-    /// `phy` for a block device, `file` for an image file.
-    pub kind: &'static str,
     pub mode: Mode,
     /// The image format of the target: raw but for an image file.
     pub format: Format,

@@ -104,7 +104,6 @@ fn attach(target: &str) -> AttachRequest {
         vdev: "xvda".into(),
         devid: XVDA,
         target: target.into(),
-        kind: "phy",
         mode: Mode::Write,
         format: Format::Raw,
     }

@@ -135,7 +135,6 @@ mod tests {
             vdev: "xvdb".into(),
             devid: 51728,
             target: "/var/lib/xen/images/a,b.qcow2".into(),
-            kind: "file",
             mode: Mode::Read,
             format: Format::Qcow2,
         };

@@ -36,6 +36,16 @@ diff -u "$R/xl.shape" "$R/xendisk.shape" > "$R/shape.diff"
 check "xendisk's twin has the nodes xl makes (shape.diff)" test ! -s "$R/shape.diff"
 xd replan plan "$R/desired.toml"
 check_eq "plan after apply exits 0" 0 "$XD_RC"
+# xl knows the disk xendisk made: it lists it and detaches it, leaving nothing.
+check_match "xl block-list lists xendisk's xvdc" "*51744*" "$(xl block-list guest1)"
+xl block-detach guest1 xvdc
+check_eq "xl block-detach of xendisk's xvdc exits 0" 0 "$?"
+check "guest loses xvdc (xl's detach of xendisk's disk)" guest_wait_disk guest1 xvdc absent 20
+check_eq "xl left nothing of it in xenstore" "" \
+    "$( (xenstore-ls -f "/local/domain/0/backend/vbd/$id"; xenstore-ls -f "/libxl/$id") 2> /dev/null | grep /51744)"
+xd reattach apply "$R/desired.toml" --yes
+check_eq "xendisk attaches it again (toolstack xenstore) exits 0" 0 "$XD_RC"
+check_eq "guest sees xvdc again" "8192:0" "$(guest_wait_disk guest1 xvdc present 20)"
 sed -i '/^xvdc/d' "$R/desired.toml"
 xd detach apply "$R/desired.toml" --yes
 check_eq "xendisk detach (toolstack xenstore) exits 0" 0 "$XD_RC"
