@@ -12,6 +12,11 @@ use std::path::Path;
 
 use crate::xs_wire::{Message, MessageType, nul_terminated};
 
+mod listing;
+mod watch;
+
+pub use watch::WatchEvent;
+
 pub const DEFAULT_SOCKET: &str = "/run/xenstored/socket";
 pub const XENBUS_DEVICE: &str = "/dev/xen/xenbus";
 
@@ -68,6 +73,9 @@ pub struct XsClient {
     /// The nodes the current transaction attempt wrote, for the error
     /// when it never commits.
     written: Vec<String>,
+    /// Watch events that arrived while answers were awaited, oldest first
+    /// ([`XsClient::take_events`]).
+    events: Vec<WatchEvent>,
 }
 
 /// A transaction id; 0 is "no transaction".
@@ -136,6 +144,7 @@ impl XsClient {
             connection,
             next_request: 1,
             written: Vec::new(),
+            events: Vec::new(),
         })
     }
 
@@ -153,6 +162,7 @@ impl XsClient {
             connection: Connection::Socket(stream),
             next_request: 1,
             written: Vec::new(),
+            events: Vec::new(),
         })
     }
 
@@ -172,27 +182,15 @@ impl XsClient {
         let id = self.next_request;
         self.next_request = self.next_request.wrapping_add(1);
         let message = Message::new(kind, id, tx, payload);
-        let reply = loop {
-            let reply = match &mut self.connection {
-                Connection::Socket(stream) => {
-                    message.write_to(stream).map_err(io_error)?;
-                    Message::read_from(stream).map_err(io_error)?
-                }
-                Connection::Device(file) => {
-                    message.write_to(file).map_err(io_error)?;
-                    file.flush().map_err(io_error)?;
-                    Message::read_from(file).map_err(io_error)?
-                }
-            };
-            let reply = reply.ok_or_else(|| {
-                io_error(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "xenstored closed the connection",
-                ))
-            })?;
-            // Watch events are not ours to handle here; this client sets none.
-            if reply.message_type() != Some(MessageType::WatchEvent) {
-                break reply;
+        let reply = match &mut self.connection {
+            Connection::Socket(stream) => {
+                message.write_to(stream).map_err(io_error)?;
+                next_answer(stream, &mut self.events).map_err(io_error)?
+            }
+            Connection::Device(file) => {
+                message.write_to(file).map_err(io_error)?;
+                file.flush().map_err(io_error)?;
+                next_answer(file, &mut self.events).map_err(io_error)?
             }
         };
         if reply.message_type() == Some(MessageType::Error) {
@@ -342,7 +340,14 @@ impl XsClient {
         let Connection::Socket(stream) = &self.connection else {
             unreachable!("the device was handled above");
         };
-        exchange(stream, &batch, first, count, operation, first_path)
+        exchange(
+            stream,
+            &mut self.events,
+            &batch,
+            (first, count),
+            operation,
+            first_path,
+        )
     }
 
     pub fn write(&mut self, tx: Tx, path: &str, value: &str) -> Result<(), XsError> {
@@ -380,47 +385,6 @@ impl XsClient {
         match self.request(MessageType::Rm, tx, nul_terminated([path.as_bytes()]), path) {
             Err(e) if e.is_errno("ENOENT") => Ok(()),
             other => other.map(|_| ()),
-        }
-    }
-
-    /// A node's children, `None` if it does not exist; long listings are
-    /// paged with DIRECTORY_PART as libxenstore does.
-    pub fn directory(&mut self, tx: Tx, path: &str) -> Result<Option<Vec<String>>, XsError> {
-        match self.request(
-            MessageType::Directory,
-            tx,
-            nul_terminated([path.as_bytes()]),
-            path,
-        ) {
-            Ok(list) => Ok(Some(split_names(&list))),
-            Err(e) if e.is_errno("ENOENT") => Ok(None),
-            Err(e) if e.is_errno("E2BIG") => self.directory_parts(tx, path).map(Some),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// From offset 0, asking again from what was received until a reply
-    /// ends the list with an empty name; starting over if the node's
-    /// generation changed meanwhile.
-    fn directory_parts(&mut self, tx: Tx, path: &str) -> Result<Vec<String>, XsError> {
-        'again: loop {
-            let mut list: Vec<u8> = Vec::new();
-            let mut generation: Option<Vec<u8>> = None;
-            loop {
-                let offset = list.len().to_string();
-                let payload = nul_terminated([path.as_bytes(), offset.as_bytes()]);
-                let reply = self.request(MessageType::DirectoryPart, tx, payload, path)?;
-                let split = reply.iter().position(|b| *b == 0).unwrap_or(reply.len());
-                let this_generation = reply[..split].to_vec();
-                if generation.as_ref().is_some_and(|g| *g != this_generation) {
-                    continue 'again;
-                }
-                generation = Some(this_generation);
-                list.extend_from_slice(reply.get(split + 1..).unwrap_or_default());
-                if list.len() <= 1 || list[list.len() - 2] == 0 {
-                    return Ok(split_names(&list));
-                }
-            }
         }
     }
 
@@ -526,9 +490,9 @@ fn thread_salt() -> u64 {
 /// so the connection is left with none pending.
 fn exchange<S>(
     mut stream: S,
+    events: &mut Vec<WatchEvent>,
     batch: &[u8],
-    first: u32,
-    count: usize,
+    (first, count): (u32, usize),
     operation: &'static str,
     first_path: &str,
 ) -> Result<Vec<Result<Vec<u8>, String>>, XsError>
@@ -547,17 +511,7 @@ where
     let mut answers: Vec<Option<Result<Vec<u8>, String>>> = vec![None; count];
     let mut missing = count;
     while missing > 0 {
-        let reply = Message::read_from(&mut stream)
-            .map_err(io_error)?
-            .ok_or_else(|| {
-                io_error(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "xenstored closed the connection",
-                ))
-            })?;
-        if reply.message_type() == Some(MessageType::WatchEvent) {
-            continue; // this client sets no watches
-        }
+        let reply = next_answer(&mut stream, events).map_err(io_error)?;
         let index = reply.request_id.wrapping_sub(first) as usize;
         let Some(slot) = answers.get_mut(index).filter(|slot| slot.is_none()) else {
             return Err(io_error(io::Error::other(format!(
@@ -579,6 +533,23 @@ where
         .into_iter()
         .map(|a| a.expect("all answered"))
         .collect())
+}
+
+/// The next message on the connection that answers a request; watch
+/// events read on the way are kept in `events`, in order.
+fn next_answer<S: io::Read>(stream: &mut S, events: &mut Vec<WatchEvent>) -> io::Result<Message> {
+    loop {
+        let message = Message::read_from(&mut *stream)?.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "xenstored closed the connection",
+            )
+        })?;
+        if message.message_type() != Some(MessageType::WatchEvent) {
+            return Ok(message);
+        }
+        events.extend(WatchEvent::parse(&message.payload));
+    }
 }
 
 fn split_names(list: &[u8]) -> Vec<String> {

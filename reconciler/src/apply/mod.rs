@@ -19,11 +19,11 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use crate::desired::Source;
-use crate::observe::HostState;
+use crate::observe::{HostChanges, HostState};
 use crate::plan::{Op, Plan, Step, actual::ActualIndex};
 
 use crate::state::{DeviceGeometry, DiskPlace, StateDb, StateError};
-use look::{Changed, look_again};
+use look::Look;
 
 use realise::{RealiseError, RealiseRequest, Realiser};
 use toolstack::{AttachRequest, DetachRequest, Toolstack, ToolstackError};
@@ -40,14 +40,20 @@ pub struct Drivers {
     pub parallelism: usize,
     /// Makes a toolstack for a worker thread.
     pub worker_toolstack: Box<WorkerToolstack>,
-    /// Observes the host again, right before each step that writes
+    /// Looks at the host again, right before each step that writes
     /// sectors; `None` trusts the plan's observation (tests of the
     /// executor alone).
-    pub observe_again: Option<Box<ObserveAgain>>,
+    pub observe_again: Option<Box<dyn Observer>>,
 }
 
-/// What observes the host again for [`Drivers::observe_again`].
-pub type ObserveAgain = dyn Fn() -> Result<HostState, String>;
+/// What looks at the host again for [`Drivers::observe_again`].
+pub trait Observer {
+    /// The whole host, as it is now.
+    fn whole(&mut self) -> Result<HostState, String>;
+    /// What changed since the last look (either kind), `None` when this
+    /// observer cannot tell: then apply asks for the whole host.
+    fn changes(&mut self) -> Result<Option<HostChanges>, String>;
+}
 
 /// What makes a toolstack for a worker thread.
 pub type WorkerToolstack = dyn Fn() -> Result<Box<dyn Toolstack + Send>, ToolstackError> + Sync;
@@ -199,9 +205,9 @@ pub fn execute(
         observe_again,
         ..
     } = drivers;
-    let observe_again = observe_again.as_deref();
+    let mut observe_again = observe_again.as_deref_mut();
     // Attachments this run made and took away, for the look before a write.
-    let mut changed = Changed::default();
+    let mut look = Look::new(host);
     let worker_toolstack = &**worker_toolstack;
     std::thread::scope(|scope| -> Result<(), ApplyError> {
         let mut in_flight = 0;
@@ -223,7 +229,9 @@ pub fn execute(
                 db.step_started(run, id, clock())?;
                 killed_here("XENDISK_TEST_KILL_AT_STEP", id);
                 let began = Instant::now();
-                if let Err(error) = look_again(step, host, db, observe_again, &changed, clock) {
+                if let Err(error) =
+                    look.before(step, db, observe_again.as_deref_mut(), &devices, clock)
+                {
                     execution.finished(
                         step,
                         Err(error),
@@ -235,7 +243,7 @@ pub fn execute(
                 }
                 if on_worker(&id) {
                     // Its backend may show up while it runs: expected.
-                    changed.record(&step.op);
+                    look.record(&step.op);
                     let job = toolstack_job(step, &index, &devices);
                     let sender = sender.clone();
                     in_flight += 1;
@@ -259,7 +267,7 @@ pub fn execute(
                     (db, run, clock),
                     (&mut *progress, total),
                 )? {
-                    changed.record(&step.op);
+                    look.record(&step.op);
                     release(id, &mut waiting, &dependents, &mut ready);
                 }
             }
@@ -275,7 +283,7 @@ pub fn execute(
                 (db, run, clock),
                 (&mut *progress, total),
             )? {
-                changed.record(&by_id[&id].op);
+                look.record(&by_id[&id].op);
                 release(id, &mut waiting, &dependents, &mut ready);
             }
         }
@@ -513,6 +521,8 @@ fn run_step(
         Op::Unrealise { vdisk } => {
             let request = realise_request(db, vdisk, clock)?;
             drivers.realiser.unrealise(&request)?;
+            // Its name may be anybody's now (the look counts on it).
+            devices.remove(vdisk);
         }
         Op::Attach { .. } | Op::Detach { .. } => {
             toolstack_job(step, index, devices).run(&mut *drivers.toolstack)?;

@@ -19,6 +19,7 @@ pub mod params;
 pub mod paths;
 pub mod snapshot;
 mod sysfs;
+mod watch;
 mod xenstore;
 
 use std::path::{Path, PathBuf};
@@ -30,6 +31,7 @@ use crate::extent::DevNum;
 
 pub use dom0::{MountNamespaces, mount_namespaces};
 pub use paths::{PathTarget, ResolvedPath};
+pub use watch::{BackendChanges, BackendWatch};
 pub use xenstore::{XenstoreError, XenstoreView, read_xenstore, reads_value};
 
 /// Everything observed on a host.
@@ -291,6 +293,72 @@ pub fn observe(options: &ObserveOptions) -> Result<HostState, ObserveError> {
         paths,
         bootloader_runs: bootloader::runs(&options.host_root)?,
     })
+}
+
+/// The host watched between looks: the whole host read once, then only
+/// what changed. Apply looks at the host before every step that writes
+/// sectors; this keeps each look proportional to what changed in xenstore
+/// (dom0's side, mounts, swaps and holders, is read again each time).
+pub struct HostWatch {
+    options: ObserveOptions,
+    /// `None` until the first whole look, and after a watch failed (each
+    /// look is then a whole one).
+    backends: Option<BackendWatch>,
+}
+
+/// What [`HostWatch::changes`] found: the block backends changed since
+/// the last look, and dom0's side as it is now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostChanges {
+    pub backends: BackendChanges,
+    pub dom0_uses: Vec<Dom0Use>,
+    pub block_devices: Vec<BlockDevice>,
+}
+
+impl HostWatch {
+    pub fn new(options: ObserveOptions) -> HostWatch {
+        HostWatch {
+            options,
+            backends: None,
+        }
+    }
+
+    /// The whole host; changes count from before it was read.
+    pub fn whole(&mut self) -> Result<HostState, ObserveError> {
+        let watching = match self.backends.as_mut() {
+            Some(watch) => watch.forget().is_ok(),
+            None => false,
+        };
+        if !watching {
+            // Without a watch every look is whole: slower, never wrong.
+            self.backends = BackendWatch::start()
+                .inspect_err(|e| tracing::debug!("no xenstore watch ({e}): each look reads all"))
+                .ok();
+        }
+        observe(&self.options)
+    }
+
+    /// What changed since the last look, `None` when it cannot be told
+    /// (no watch): then look at the whole host.
+    pub fn changes(&mut self) -> Result<Option<HostChanges>, ObserveError> {
+        let Some(watch) = self.backends.as_mut() else {
+            return Ok(None);
+        };
+        let backends = match watch.changed() {
+            Ok(backends) => backends,
+            Err(error) => {
+                tracing::debug!("the xenstore watch failed ({error}): the next look reads all");
+                self.backends = None;
+                return Ok(None);
+            }
+        };
+        let (block_devices, dom0_uses) = observe_dom0(&self.options)?;
+        Ok(Some(HostChanges {
+            backends,
+            dom0_uses,
+            block_devices,
+        }))
+    }
 }
 
 /// Resolves each path on the host (see [`paths::resolve`]), sorted by path.

@@ -9,7 +9,6 @@
 //! reads it when it detaches. Round trips are counted and logged at debug
 //! level.
 
-use std::cell::{Cell, RefCell};
 use std::io;
 
 use xenstore_rs::Xs;
@@ -33,7 +32,7 @@ const ATTACHMENT_LEAVES: [&str; 8] = [
 ];
 
 /// Backend kinds that serve block devices.
-const BLOCK_BACKENDS: [&str; 3] = ["vbd", "qdisk", "vbd3"];
+pub(super) const BLOCK_BACKENDS: [&str; 3] = ["vbd", "qdisk", "vbd3"];
 
 /// Whether [`read_xenstore`] reads this node's value: a domain's `name`,
 /// or one of `ATTACHMENT_LEAVES` of a block backend. (A simulated host
@@ -65,73 +64,221 @@ pub enum XenstoreError {
     },
 }
 
-struct Reader {
-    xs: XsUnix,
-    /// Our own client, for what xenstore-rs does not do: paged listings and
-    /// several reads sent at once.
-    client: RefCell<XsClient>,
-    round_trips: Cell<u64>,
+/// How many requests go out before the first answer is read: enough that
+/// round trips stop mattering, few enough that the answers fit in the
+/// socket's buffer while the rest are still being sent.
+const BATCH: usize = 512;
+
+/// A backend directory, `/local/domain/0/backend/KIND/DOMID/DEVID`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(super) struct BackendDir {
+    pub kind: &'static str,
+    pub domid: String,
+    pub devid: String,
+}
+
+impl BackendDir {
+    pub fn path(&self) -> String {
+        format!(
+            "/local/domain/0/backend/{}/{}/{}",
+            self.kind, self.domid, self.devid
+        )
+    }
+}
+
+/// Reads through one connection, counting round trips; requests for many
+/// nodes go out in batches ([`BATCH`]).
+pub(super) struct Reader {
+    client: XsClient,
+    round_trips: u64,
 }
 
 impl Reader {
-    fn directory(&self, path: &str) -> Result<Option<Vec<String>>, XenstoreError> {
-        self.round_trips.set(self.round_trips.get() + 1);
-        match self.xs.directory(path) {
-            Ok(names) => Ok(Some(names.into_iter().map(String::from).collect())),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            // The client does not page long listings; do it here.
-            Err(e) if e.to_string().contains("E2BIG") => self.directory_parts(path).map(Some),
-            Err(source) => Err(XenstoreError::Request {
-                operation: "DIRECTORY",
-                path: path.to_owned(),
-                source,
-            }),
+    pub fn connect() -> Result<Reader, XenstoreError> {
+        let client = XsClient::connect().map_err(|source| XenstoreError::Connect {
+            socket: socket_path(),
+            source,
+        })?;
+        Ok(Reader::over(client))
+    }
+
+    pub fn over(client: XsClient) -> Reader {
+        Reader {
+            client,
+            round_trips: 0,
         }
     }
 
-    fn read(&self, path: &str) -> Result<Option<String>, XenstoreError> {
-        self.round_trips.set(self.round_trips.get() + 1);
-        match self.xs.read(path) {
-            Ok(value) => Ok(Some(value.into())),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(XenstoreError::Request {
-                operation: "READ",
-                path: path.to_owned(),
-                source,
-            }),
+    pub fn client(&mut self) -> &mut XsClient {
+        &mut self.client
+    }
+
+    pub fn round_trips(&self) -> u64 {
+        self.round_trips
+    }
+
+    /// The children of each path, `None` for one that does not exist.
+    pub fn directories(
+        &mut self,
+        paths: &[String],
+    ) -> Result<Vec<Option<Vec<String>>>, XenstoreError> {
+        let mut lists = Vec::with_capacity(paths.len());
+        for chunk in paths.chunks(BATCH) {
+            self.round_trips += 1;
+            lists.extend(
+                self.client
+                    .directory_many(0, chunk)
+                    .map_err(|source| request_error("DIRECTORY", chunk, source))?,
+            );
         }
+        Ok(lists)
     }
 
-    /// The client does not page long listings: our own client does, as
-    /// libxenstore would.
-    fn directory_parts(&self, path: &str) -> Result<Vec<String>, XenstoreError> {
-        let request_error = |source: XsError| XenstoreError::Request {
-            operation: "DIRECTORY_PART",
-            path: path.to_owned(),
-            source: io::Error::other(source.to_string()),
-        };
-        self.round_trips.set(self.round_trips.get() + 1);
-        let names = self
-            .client
-            .borrow_mut()
-            .directory(0, path)
-            .map_err(request_error)?;
-        Ok(names.unwrap_or_default())
+    /// The value of each path, `None` for one that does not exist.
+    pub fn values(&mut self, paths: &[String]) -> Result<Vec<Option<String>>, XenstoreError> {
+        let mut values = Vec::with_capacity(paths.len());
+        for chunk in paths.chunks(BATCH) {
+            self.round_trips += 1;
+            values.extend(
+                self.client
+                    .read_many(0, chunk)
+                    .map_err(|source| request_error("READ", chunk, source))?,
+            );
+        }
+        Ok(values)
     }
 
-    /// The nodes of one directory, asked for at once: one round trip.
-    fn leaves(&self, dir: &str, names: &[&str]) -> Result<Vec<Option<String>>, XenstoreError> {
-        self.round_trips.set(self.round_trips.get() + 1);
-        let paths: Vec<String> = names.iter().map(|name| format!("{dir}/{name}")).collect();
-        self.client
-            .borrow_mut()
-            .read_many(0, &paths)
-            .map_err(|source| XenstoreError::Request {
-                operation: "READ",
-                path: dir.to_owned(),
-                source: io::Error::other(source.to_string()),
+    /// Every backend directory under each of `bases`
+    /// (`/local/domain/0/backend/KIND`, or one guest's directory in it).
+    pub fn backend_dirs(
+        &mut self,
+        bases: &[(&'static str, Option<String>)],
+    ) -> Result<Vec<BackendDir>, XenstoreError> {
+        let mut guests: Vec<(&'static str, String)> = Vec::new();
+        let kind_paths: Vec<String> = bases
+            .iter()
+            .filter(|(_, domid)| domid.is_none())
+            .map(|(kind, _)| format!("/local/domain/0/backend/{kind}"))
+            .collect();
+        let kinds = bases.iter().filter(|(_, domid)| domid.is_none());
+        for ((kind, _), list) in kinds.zip(self.directories(&kind_paths)?) {
+            guests.extend(
+                list.unwrap_or_default()
+                    .into_iter()
+                    .map(|domid| (*kind, domid)),
+            );
+        }
+        guests.extend(
+            bases
+                .iter()
+                .filter_map(|(kind, domid)| domid.clone().map(|domid| (*kind, domid))),
+        );
+        let guest_paths: Vec<String> = guests
+            .iter()
+            .map(|(kind, domid)| format!("/local/domain/0/backend/{kind}/{domid}"))
+            .collect();
+        let mut dirs = Vec::new();
+        for ((kind, domid), list) in guests.into_iter().zip(self.directories(&guest_paths)?) {
+            dirs.extend(
+                list.unwrap_or_default()
+                    .into_iter()
+                    .map(|devid| BackendDir {
+                        kind,
+                        domid: domid.clone(),
+                        devid,
+                    }),
+            );
+        }
+        Ok(dirs)
+    }
+
+    /// The attachment in each backend directory, `None` where there is
+    /// none (gone, or naming nothing to open).
+    pub fn attachments(
+        &mut self,
+        dirs: &[BackendDir],
+    ) -> Result<Vec<Option<Attachment>>, XenstoreError> {
+        let paths: Vec<String> = dirs
+            .iter()
+            .flat_map(|dir| {
+                let dir = dir.path();
+                ATTACHMENT_LEAVES
+                    .iter()
+                    .map(move |leaf| format!("{dir}/{leaf}"))
             })
+            .collect();
+        let values = self.values(&paths)?;
+        Ok(dirs
+            .iter()
+            .zip(values.chunks(ATTACHMENT_LEAVES.len()))
+            .map(|(dir, leaves)| attachment(dir, leaves))
+            .collect())
     }
+}
+
+fn request_error(operation: &'static str, paths: &[String], source: XsError) -> XenstoreError {
+    XenstoreError::Request {
+        operation,
+        path: paths.first().cloned().unwrap_or_default(),
+        source: io::Error::other(source.to_string()),
+    }
+}
+
+/// The attachment a backend directory's [`ATTACHMENT_LEAVES`] describe.
+fn attachment(dir: &BackendDir, leaves: &[Option<String>]) -> Option<Attachment> {
+    let [
+        params,
+        mode,
+        kind,
+        physical,
+        online,
+        state,
+        frontend_id,
+        hotplug,
+    ] = <[Option<String>; 8]>::try_from(leaves.to_vec()).ok()?;
+    if params.is_none() && physical.is_none() && state.is_none() {
+        return None; // names nothing to open: no disk behind it
+    }
+    // blkback serves a backend whatever its directory is called (it takes
+    // the guest from `frontend-id`): one named otherwise than by numbers
+    // is a holder all the same.
+    let numbers = (dir.domid.parse::<u32>(), dir.devid.parse::<u32>());
+    let odd_path = match numbers {
+        (Ok(_), Ok(_)) => None,
+        _ => Some(dir.path()),
+    };
+    let domid_number = numbers
+        .0
+        .ok()
+        .or_else(|| frontend_id.as_deref().and_then(|id| id.trim().parse().ok()));
+    let devid_number = numbers.1.unwrap_or(0);
+    Some(Attachment {
+        domid: domid_number.unwrap_or(u32::MAX),
+        devid: devid_number,
+        odd_path,
+        vdev: Vdev::from_device_id(devid_number)
+            .ok()
+            .map(|v| v.canonical_name()),
+        backend: dir.kind.to_owned(),
+        params: params.unwrap_or_default(),
+        mode: mode.unwrap_or_default(),
+        kind: kind.unwrap_or_default(),
+        physical_device: physical.as_deref().and_then(|text| {
+            let parsed = parse_physical_device(text);
+            if parsed.is_none() {
+                tracing::warn!(
+                    "{}/physical-device is {text:?}, not major:minor in hexadecimal; ignored",
+                    dir.path()
+                );
+            }
+            parsed
+        }),
+        // libxl writes `online = 1`; a missing node is not a request to go.
+        online: online.is_none_or(|text| text.trim() != "0"),
+        state: state.and_then(|text| text.trim().parse().ok()),
+        // The block script's verdicts on failure (block-common.sh).
+        hotplug_refused: hotplug.filter(|status| matches!(status.trim(), "busy" | "error")),
+    })
 }
 
 /// What xenstore says, and what reading it cost.
@@ -139,105 +286,59 @@ impl Reader {
 pub struct XenstoreView {
     pub domains: Vec<Domain>,
     pub attachments: Vec<Attachment>,
-    /// Requests sent, each answered before the next.
+    /// Batches of requests sent, each answered before the next.
     pub round_trips: u64,
 }
 
 /// Reads the running domains and every block attachment.
 pub fn read_xenstore() -> Result<XenstoreView, XenstoreError> {
+    // The list of domains through the xenstore-rs client, as any tool
+    // would; the rest in batches through our own, which pipelines.
     let xs = XsUnix::new().map_err(|source| XenstoreError::Connect {
         socket: socket_path(),
         source,
     })?;
-    let client = XsClient::connect().map_err(|source| XenstoreError::Connect {
-        socket: socket_path(),
-        source,
-    })?;
-    let reader = Reader {
-        xs,
-        client: RefCell::new(client),
-        round_trips: Cell::new(0),
-    };
-    let mut domains = Vec::new();
-    for id in reader.directory("/local/domain")?.unwrap_or_default() {
-        let Ok(domid) = id.parse::<u32>() else {
-            continue;
-        };
-        let name = reader
-            .read(&format!("/local/domain/{domid}/name"))?
-            .unwrap_or_default();
-        domains.push(Domain { domid, name });
-    }
-    let mut attachments = Vec::new();
-    for backend in BLOCK_BACKENDS {
-        let base = format!("/local/domain/0/backend/{backend}");
-        for domid in reader.directory(&base)?.unwrap_or_default() {
-            for devid in reader
-                .directory(&format!("{base}/{domid}"))?
-                .unwrap_or_default()
-            {
-                let dir = format!("{base}/{domid}/{devid}");
-                let [
-                    params,
-                    mode,
-                    kind,
-                    physical,
-                    online,
-                    state,
-                    frontend_id,
-                    hotplug,
-                ] = reader
-                    .leaves(&dir, &ATTACHMENT_LEAVES)?
-                    .try_into()
-                    .unwrap_or_default();
-                if params.is_none() && physical.is_none() && state.is_none() {
-                    continue; // names nothing to open: no disk behind it
-                }
-                // blkback serves a backend whatever its directory is called
-                // (it takes the guest from `frontend-id`): one named
-                // otherwise than by numbers is a holder all the same.
-                let numbers = (domid.parse::<u32>(), devid.parse::<u32>());
-                let odd_path = match numbers {
-                    (Ok(_), Ok(_)) => None,
-                    _ => Some(dir.clone()),
-                };
-                let domid_number = numbers
-                    .0
-                    .ok()
-                    .or_else(|| frontend_id.as_deref().and_then(|id| id.trim().parse().ok()));
-                let devid_number = numbers.1.unwrap_or(0);
-                attachments.push(Attachment {
-                    domid: domid_number.unwrap_or(u32::MAX),
-                    devid: devid_number,
-                    odd_path,
-                    vdev: Vdev::from_device_id(devid_number)
-                        .ok()
-                        .map(|v| v.canonical_name()),
-                    backend: backend.to_owned(),
-                    params: params.unwrap_or_default(),
-                    mode: mode.unwrap_or_default(),
-                    kind: kind.unwrap_or_default(),
-                    physical_device: physical.as_deref().and_then(|text| {
-                        let parsed = parse_physical_device(text);
-                        if parsed.is_none() {
-                            tracing::warn!("{dir}/physical-device is {text:?}, not major:minor in hexadecimal; ignored");
-                        }
-                        parsed
-                    }),
-                    // libxl writes `online = 1`; a missing node is not a request to go.
-                    online: online.is_none_or(|text| text.trim() != "0"),
-                    state: state.and_then(|text| text.trim().parse().ok()),
-                    // The block script's verdicts on failure (block-common.sh).
-                    hotplug_refused: hotplug.filter(|status| {
-                        matches!(status.trim(), "busy" | "error")
-                    }),
-                });
-            }
+    let mut reader = Reader::connect()?;
+    reader.round_trips += 1;
+    let ids = match xs.directory("/local/domain") {
+        Ok(names) => names.into_iter().map(String::from).collect(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        // xenstore-rs does not page long listings; ours does.
+        Err(e) if e.to_string().contains("E2BIG") => reader
+            .directories(&["/local/domain".to_owned()])?
+            .pop()
+            .flatten()
+            .unwrap_or_default(),
+        Err(source) => {
+            return Err(XenstoreError::Request {
+                operation: "DIRECTORY",
+                path: "/local/domain".to_owned(),
+                source,
+            });
         }
-    }
+    };
+    let domids: Vec<u32> = ids.iter().filter_map(|id| id.parse().ok()).collect();
+    let name_paths: Vec<String> = domids
+        .iter()
+        .map(|domid| format!("/local/domain/{domid}/name"))
+        .collect();
+    let names = reader.values(&name_paths)?;
+    let mut domains: Vec<Domain> = domids
+        .into_iter()
+        .zip(names)
+        .map(|(domid, name)| Domain {
+            domid,
+            name: name.unwrap_or_default(),
+        })
+        .collect();
+    let every_kind: Vec<(&'static str, Option<String>)> =
+        BLOCK_BACKENDS.iter().map(|kind| (*kind, None)).collect();
+    let dirs = reader.backend_dirs(&every_kind)?;
+    let mut attachments: Vec<Attachment> =
+        reader.attachments(&dirs)?.into_iter().flatten().collect();
     domains.sort();
     attachments.sort();
-    let trips = reader.round_trips.get();
+    let trips = reader.round_trips();
     tracing::debug!(
         round_trips = trips,
         domains = domains.len(),

@@ -313,13 +313,23 @@ fn drivers(settings: &crate::desired::Settings, options: &ApplyOptions) -> anyho
         simulated_devices: options.no_devices || options.simulated,
         parallelism: options.parallelism,
         worker_toolstack: Box::new(make),
-        observe_again: Some(Box::new(move || {
-            crate::observe::observe(&crate::observe::ObserveOptions {
-                host_root: host_root.clone(),
-            })
-            .map_err(|error| error.to_string())
-        })),
+        observe_again: Some(Box::new(Watched(crate::observe::HostWatch::new(
+            crate::observe::ObserveOptions { host_root },
+        )))),
     })
+}
+
+/// Apply's looks at the host, through a xenstore watch.
+struct Watched(crate::observe::HostWatch);
+
+impl crate::apply::Observer for Watched {
+    fn whole(&mut self) -> Result<crate::observe::HostState, String> {
+        self.0.whole().map_err(|error| error.to_string())
+    }
+
+    fn changes(&mut self) -> Result<Option<crate::observe::HostChanges>, String> {
+        self.0.changes().map_err(|error| error.to_string())
+    }
 }
 
 /// Progress on a terminal: each line the executor writes becomes a line

@@ -26,24 +26,65 @@ pub struct Recheck<'a> {
     pub detached: &'a BTreeSet<(u32, u32)>,
 }
 
+/// The holders the plan knew of, indexed: whether one is still there is a
+/// search, not a scan (apply asks it of every attachment that changed).
+pub struct Known<'a> {
+    attachments: BTreeSet<AttachmentKey<'a>>,
+    uses: BTreeSet<&'a Dom0Use>,
+}
+
+type AttachmentKey<'a> = (u32, u32, &'a str, &'a str, Option<crate::extent::DevNum>);
+
+fn key(a: &Attachment) -> AttachmentKey<'_> {
+    (a.domid, a.devid, &a.backend, &a.params, a.physical_device)
+}
+
+impl<'a> Known<'a> {
+    pub fn new(before: &'a HostState) -> Known<'a> {
+        Known {
+            attachments: before.attachments.iter().map(key).collect(),
+            uses: before.dom0_uses.iter().collect(),
+        }
+    }
+
+    /// Whether `attachment` is one the plan saw, as it saw it.
+    pub fn has_attachment(&self, attachment: &Attachment) -> bool {
+        self.attachments.contains(&key(attachment))
+    }
+
+    pub fn has_use(&self, used: &Dom0Use) -> bool {
+        self.uses.contains(used)
+    }
+}
+
+/// Whether an attachment on the host now is a holder the plan did not
+/// know of, nor this run make (one this run took away counts: it should
+/// be gone).
+pub fn is_newcomer(
+    known: &Known<'_>,
+    attached: &BTreeSet<(u32, u32)>,
+    detached: &BTreeSet<(u32, u32)>,
+    attachment: &Attachment,
+) -> bool {
+    let key = (attachment.domid, attachment.devid);
+    !(known.has_attachment(attachment) || attached.contains(&key)) || detached.contains(&key)
+}
+
 /// Holders in `check.now` the plan did not know of (nor this run make):
 /// cheap, so that apply looks closer only when there are some.
 pub fn newcomers<'a>(check: &Recheck<'a>) -> (Vec<&'a Attachment>, Vec<&'a Dom0Use>) {
+    let known = Known::new(check.before);
     let attachments = check
         .now
         .attachments
         .iter()
-        .filter(|attachment| {
-            let key = (attachment.domid, attachment.devid);
-            let known = check.before.attachments.iter().any(|a| same(a, attachment));
-            !(known || check.attached.contains(&key)) || check.detached.contains(&key)
-        })
+        .filter(|a| is_newcomer(&known, check.attached, check.detached, a))
         .collect();
     let uses = check
         .now
         .dom0_uses
         .iter()
-        .filter(|used| !check.before.dom0_uses.contains(used))
+        .filter(|used| !known.has_use(used))
         .collect();
     (attachments, uses)
 }
@@ -98,11 +139,6 @@ pub fn writes_sectors(op: &Op) -> bool {
         Op::Attach { mode, .. } => mode.is_writable(),
         _ => false,
     }
-}
-
-fn same(a: &Attachment, b: &Attachment) -> bool {
-    (a.domid, a.devid, &a.backend, &a.params, a.physical_device)
-        == (b.domid, b.devid, &b.backend, &b.params, b.physical_device)
 }
 
 /// A use through a vdisk's own block device is xendisk's (a realisation

@@ -33,6 +33,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::hotplug::{self, HostView};
 use super::perms::{self, Access};
 use super::store::Store;
+use super::vbds::VbdIndex;
 
 /// The drivers the simulator plays, and the host they run on.
 #[derive(Debug, Clone, Default)]
@@ -56,11 +57,23 @@ pub struct Action {
 #[derive(Debug, Clone)]
 pub struct Memory {
     next_port: u32,
+    /// What the block script reads of every backend, kept as the store
+    /// changes ([`Memory::changed`]).
+    vbds: VbdIndex,
 }
 
-impl Default for Memory {
-    fn default() -> Memory {
-        Memory { next_port: 8 }
+impl Memory {
+    /// The drivers' memory of a store they have not seen change yet.
+    pub fn of(store: &Store) -> Memory {
+        Memory {
+            next_port: 8,
+            vbds: VbdIndex::of(store),
+        }
+    }
+
+    /// `path` changed in `store`.
+    pub fn changed(&mut self, store: &Store, path: &str) {
+        self.vbds.refresh(store, path);
     }
 }
 
@@ -118,15 +131,21 @@ pub fn react(
     // (the real one holds a lock), so they never pick one loop device.
     let mut scratch = store.clone();
     let mut actions = Vec::new();
-    for backend in vbds {
-        if !scratch.exists(&backend) {
+    for backend in &vbds {
+        if !scratch.exists(backend) {
             continue;
         }
-        let done = step(&scratch, drivers, &backend, memory);
+        let done = step(&scratch, drivers, backend, memory);
         for action in &done {
             let _ = scratch.write(&action.path, action.value.as_bytes());
+            memory.changed(&scratch, &action.path);
         }
         actions.extend(done);
+    }
+    // The writes are yet to be made (one may be refused): until they are,
+    // the index says what the store says.
+    for backend in &vbds {
+        memory.changed(store, backend);
     }
     actions
 }
@@ -151,7 +170,12 @@ fn step(store: &Store, drivers: &Drivers, backend: &str, memory: &mut Memory) ->
         INIT_WAIT => {
             let script = read(store, &at("script")).unwrap_or_default();
             if script.rsplit('/').next() == Some("block") && !store.exists(&at("hotplug-status")) {
-                actions.extend(dom0(hotplug::add(store, &drivers.host, backend)));
+                actions.extend(dom0(hotplug::add(
+                    store,
+                    &memory.vbds,
+                    &drivers.host,
+                    backend,
+                )));
             }
             if store.exists(&at("physical-device")) {
                 actions.extend(dom0(connect(store, &drivers.host, backend)));

@@ -25,6 +25,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use super::store::Store;
+use super::vbds::VbdIndex;
 use crate::extent::DevNum;
 
 /// The major number of loop devices.
@@ -133,19 +134,6 @@ fn read(store: &Store, path: &str) -> Option<String> {
         .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
-/// Every vbd backend directory dom0 serves.
-fn backends(store: &Store) -> Vec<String> {
-    let base = "/local/domain/0/backend/vbd";
-    let mut out = Vec::new();
-    for domid in store.directory(base).unwrap_or_default() {
-        let dir = format!("{base}/{domid}");
-        for devid in store.directory(&dir).unwrap_or_default() {
-            out.push(format!("{dir}/{devid}"));
-        }
-    }
-    out
-}
-
 /// A device a simulated script made or took, as blkback finds it: its
 /// number and size, for a backend's `physical-device`.
 pub fn opened(store: &Store, host: &HostView, backend: &str) -> Option<(DevNum, u64)> {
@@ -167,7 +155,12 @@ pub fn opened(store: &Store, host: &HostView, backend: &str) -> Option<(DevNum, 
 }
 
 /// The writes of one run of the script's `add` for `backend`, in order.
-pub fn add(store: &Store, host: &HostView, backend: &str) -> Vec<(String, String)> {
+pub fn add(
+    store: &Store,
+    vbds: &VbdIndex,
+    host: &HostView,
+    backend: &str,
+) -> Vec<(String, String)> {
     let relative = backend.trim_start_matches("/local/domain/0/");
     let at = |leaf: &str| format!("{backend}/{leaf}");
     let fatal = |message: String| {
@@ -204,6 +197,7 @@ pub fn add(store: &Store, host: &HostView, backend: &str) -> Vec<(String, String
     let mode = canonical_mode(&mode);
     let sharing = Sharing {
         store,
+        vbds,
         host,
         frontend_id: &frontend_id,
         mode,
@@ -229,7 +223,7 @@ pub fn add(store: &Store, host: &HostView, backend: &str) -> Vec<(String, String
                 "File {params} is read-only, and so I will not\nmount it read-write in a guest domain."
             ));
         }
-        let loops = loops_over(store, &params);
+        let loops = loops_over(vbds, &params);
         // Sharing.check skips `w!` itself; no loop over the file is "ok".
         if let Some(result) = sharing.check(&loops) {
             let through = result.split_once(' ').map_or("", |(_, d)| d).to_owned();
@@ -237,7 +231,7 @@ pub fn add(store: &Store, host: &HostView, backend: &str) -> Vec<(String, String
                 format!("File {params} is loopback-mounted through {through},\nwhich is mounted ");
             return busy(ebusy(&prefix, mode, &result));
         }
-        let Some(minor) = free_loop(store, host) else {
+        let Some(minor) = free_loop(vbds, host) else {
             return fatal("Failed to find an unused loop device".to_owned());
         };
         let node = format!("/dev/loop{minor}");
@@ -248,7 +242,7 @@ pub fn add(store: &Store, host: &HostView, backend: &str) -> Vec<(String, String
     if let Some(prefix) = host.assumed_under.as_deref()
         && params.starts_with(prefix)
     {
-        let number = assumed_number(store, host, &params);
+        let number = assumed_number(vbds, host, &params);
         if let Some(result) = sharing.check(&[number]) {
             return busy(ebusy(
                 &format!("Device {params} is mounted "),
@@ -280,6 +274,7 @@ fn ebusy(prefix: &str, mode: char, result: &str) -> String {
 /// The script's `check_sharing`.
 struct Sharing<'a> {
     store: &'a Store,
+    vbds: &'a VbdIndex,
     host: &'a HostView,
     frontend_id: &'a str,
     mode: char,
@@ -299,17 +294,18 @@ impl Sharing<'_> {
         if let Some(d) = mounted.into_iter().find(|d| devices.contains(d)) {
             return Some(format!("local {}", hex(*d)));
         }
-        for backend in backends(self.store) {
-            let Some(d) = read(self.store, &format!("{backend}/physical-device")) else {
+        // The script reads every backend's `physical-device`; those that
+        // hold one of `devices` are what it goes on with.
+        for (backend, vbd) in devices.iter().flat_map(|d| self.vbds.holding(*d)) {
+            let Some(d) = vbd.physical_device.map(hex) else {
                 continue;
             };
-            if !parse_hex(&d).is_some_and(|n| devices.contains(&n)) {
-                continue;
-            }
             let dom = backend.rsplit('/').nth(1).unwrap_or_default();
             let writer = self.mode == 'w'
-                || read(self.store, &format!("{backend}/mode"))
-                    .is_some_and(|m| canonical_mode(&m) == 'w');
+                || vbd
+                    .mode
+                    .as_deref()
+                    .is_some_and(|m| canonical_mode(m) == 'w');
             if writer && !self.same_vm(dom) {
                 return Some(format!("guest {d}"));
             }
@@ -327,42 +323,34 @@ impl Sharing<'_> {
 }
 
 /// The loop devices simulated scripts made over `file`: `losetup -a`.
-fn loops_over(store: &Store, file: &str) -> Vec<DevNum> {
-    backends(store)
-        .into_iter()
-        .filter(|b| read(store, &format!("{b}/params")).as_deref() == Some(file))
-        .filter(|b| store.exists(&format!("{b}/node")))
-        .filter_map(|b| parse_hex(&read(store, &format!("{b}/physical-device"))?))
+fn loops_over(vbds: &VbdIndex, file: &str) -> Vec<DevNum> {
+    vbds.iter()
+        .filter(|(_, vbd)| vbd.params.as_deref() == Some(file) && vbd.node.is_some())
+        .filter_map(|(_, vbd)| vbd.physical_device)
         .collect()
 }
 
 /// `losetup -f`: the first loop device neither the host has nor a
 /// simulated script made.
-fn free_loop(store: &Store, host: &HostView) -> Option<u32> {
-    let taken: BTreeSet<String> = backends(store)
-        .into_iter()
-        .filter_map(|b| read(store, &format!("{b}/node")))
+fn free_loop(vbds: &VbdIndex, host: &HostView) -> Option<u32> {
+    let taken: BTreeSet<&str> = vbds
+        .iter()
+        .filter_map(|(_, vbd)| vbd.node.as_deref())
         .collect();
     (0..1024).find(|n| {
         let node = format!("/dev/loop{n}");
-        !host.devices.contains_key(&node) && !taken.contains(&node)
+        !host.devices.contains_key(&node) && !taken.contains(node.as_str())
     })
 }
 
 /// The number of an assumed device-mapper node: the one a backend already
 /// has for it, else the next after every device-mapper number in use.
-fn assumed_number(store: &Store, host: &HostView, path: &str) -> DevNum {
-    let mut highest = None;
-    for backend in backends(store) {
-        let number = read(store, &format!("{backend}/physical-device")).and_then(|d| parse_hex(&d));
-        let Some(number) = number.filter(|n| n.major == DM_MAJOR) else {
-            continue;
-        };
-        if read(store, &format!("{backend}/physical-device-path")).as_deref() == Some(path) {
-            return number;
-        }
-        highest = highest.max(Some(number.minor));
+fn assumed_number(vbds: &VbdIndex, host: &HostView, path: &str) -> DevNum {
+    let dm = DevNum::new(DM_MAJOR, 0)..=DevNum::new(DM_MAJOR, u32::MAX);
+    if let Some(device) = vbds.devices_at(path).find(|d| dm.contains(d)) {
+        return device;
     }
+    let highest = vbds.highest_in(dm).map(|device| device.minor);
     let host_highest = host
         .devices
         .values()

@@ -20,6 +20,7 @@ pub mod hotplug;
 pub mod perms;
 mod server;
 pub mod store;
+mod vbds;
 
 use std::collections::BTreeSet;
 use std::io;

@@ -82,6 +82,7 @@ impl Shared {
     ) -> Shared {
         Shared {
             state: Mutex::new(State {
+                drivers: drivers::Memory::of(&store),
                 store,
                 generation: 1,
                 log: std::collections::VecDeque::new(),
@@ -90,7 +91,6 @@ impl Shared {
                 watches: Vec::new(),
                 commits: 0,
                 outboxes: HashMap::new(),
-                drivers: drivers::Memory::default(),
             }),
             guests,
             faults,
@@ -431,6 +431,9 @@ impl Shared {
     /// Watch events, and the simulated guests' answer to Closing.
     fn notify(self: &Arc<Shared>, state: &mut State, changes: &[Change]) {
         for change in changes {
+            if self.drivers.is_some() {
+                state.drivers.changed(&state.store, &change.path);
+            }
             for watch in &state.watches {
                 let event_path = if is_under(&change.path, &watch.path) {
                     Some(change.path.as_str())
