@@ -154,6 +154,12 @@ impl Simulator {
         self.shared.store()
     }
 
+    /// Whether the store changed since the simulator started (a write,
+    /// a removal, new permissions; from a client or a simulated driver).
+    pub fn changed(&self) -> bool {
+        self.shared.generation() != server::FIRST_GENERATION
+    }
+
     /// Serves until the process is killed (for `xendisk sim`).
     pub fn wait(mut self) -> io::Result<()> {
         match self.acceptor.take() {

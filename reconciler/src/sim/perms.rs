@@ -77,15 +77,6 @@ pub fn check_write(store: &Store, path: &str, domid: u32) -> Result<(), Errno> {
     check(store, at, domid, Access::Write)
 }
 
-/// Whether no node says who may read it but dom0: a store seeded from a
-/// dump made without `-p`, whose permissions were not written down.
-pub fn unrecorded(store: &Store) -> bool {
-    store
-        .entries()
-        .iter()
-        .all(|(path, _)| store.get_perms(path).is_ok_and(|p| p == ["n0"]))
-}
-
 /// Gives a store seeded without permissions those a Xen host has (as
 /// captured from libxl 4.17; tests/realxen/fixtures): each domain's home
 /// readable by it, its `data` its own, each frontend its own (dom0 may

@@ -198,6 +198,13 @@ impl Store {
     /// in name order.
     pub fn entries(&self) -> Vec<(String, Vec<u8>)> {
         let mut out = Vec::new();
+        self.visit(|path, value, _| out.push((path.to_owned(), value.to_vec())));
+        out
+    }
+
+    /// Calls `visit` with every node below the root (path, value,
+    /// permissions) in the order of [`Store::entries`].
+    pub fn visit(&self, mut visit: impl FnMut(&str, &[u8], &[String])) {
         let mut stack: Vec<(String, &Node)> = self
             .root
             .children
@@ -206,12 +213,11 @@ impl Store {
             .map(|(name, node)| (format!("/{name}"), node))
             .collect();
         while let Some((path, node)) = stack.pop() {
-            out.push((path.clone(), node.value.clone()));
+            visit(&path, &node.value, &node.perms);
             for (name, child) in node.children.iter().rev() {
                 stack.push((format!("{path}/{name}"), child));
             }
         }
-        out
     }
 }
 

@@ -95,6 +95,9 @@ struct Reader {
     /// Values that end in `\\...`: whole, or cut after a backslash, with
     /// the width the cut would have been at.
     maybe_cut: Vec<(String, Cut, usize)>,
+    /// Some node's permissions say more than "dom0's alone": the dump was
+    /// made with `-p`.
+    recorded: bool,
 }
 
 /// Builds a store from a dump in either form, keeping what was cut.
@@ -109,10 +112,11 @@ pub fn parse_seed(text: &str) -> Result<Seed, DumpError> {
             hint: p.hint,
         })?;
     }
+    let recorded = reader.recorded;
     let mut seed = reader.finish();
     // A dump made without `-p` did not write permissions down: a host's
     // are assumed, so that the simulated guests can use their disks.
-    if crate::sim::perms::unrecorded(&seed.store) {
+    if !recorded {
         crate::sim::perms::assume_as_on_a_xen_host(&mut seed.store);
     }
     Ok(seed)
@@ -345,6 +349,7 @@ impl Reader {
     }
 
     fn set_perms(&mut self, path: &str, perms: Vec<String>, at: usize) -> Result<(), Problem> {
+        self.recorded |= perms != ["n0"];
         self.seed
             .store
             .set_perms(path, perms)

@@ -43,12 +43,9 @@ pub fn write_full_paths(store: &Store) -> String {
 /// read back as the same cuts.
 pub fn write_seed(store: &Store, cuts: &BTreeMap<String, Cut>) -> String {
     let mut out = String::new();
-    for (path, value) in store.entries() {
-        let perms = store
-            .get_perms(&path)
-            .map(|p| p.join(","))
-            .unwrap_or_default();
-        match cuts.get(&path).filter(|cut| cut.kept == value) {
+    store.visit(|path, value, perms| {
+        let perms = perms.join(",");
+        match cuts.get(path).filter(|cut| cut.kept == value) {
             Some(Cut {
                 kind: CutKind::Unreadable,
                 ..
@@ -56,12 +53,12 @@ pub fn write_seed(store: &Store, cuts: &BTreeMap<String, Cut>) -> String {
                 let _ = writeln!(out, "{path}:\n  ({perms})");
             }
             Some(_) => {
-                let _ = writeln!(out, "{path} = \"{}\\...\"  ({perms})", escape(&value));
+                let _ = writeln!(out, "{path} = \"{}\\...\"  ({perms})", escape(value));
             }
             None => {
-                let _ = writeln!(out, "{path} = \"{}\"   ({perms})", escape(&value));
+                let _ = writeln!(out, "{path} = \"{}\"   ({perms})", escape(value));
             }
         }
-    }
+    });
     out
 }

@@ -42,6 +42,9 @@ pub(super) struct Shared {
     pub(super) stopping: AtomicBool,
 }
 
+/// The generation of a store no change has touched yet.
+pub(super) const FIRST_GENERATION: u64 = 1;
+
 struct State {
     store: Store,
     /// Bumped by every change.
@@ -84,7 +87,7 @@ impl Shared {
             state: Mutex::new(State {
                 drivers: drivers::Memory::of(&store),
                 store,
-                generation: 1,
+                generation: FIRST_GENERATION,
                 log: std::collections::VecDeque::new(),
                 next_transaction: 1,
                 transactions: HashMap::new(),
@@ -109,6 +112,10 @@ impl Shared {
 
     pub(super) fn store(&self) -> Store {
         self.lock().store.clone()
+    }
+
+    pub(super) fn generation(&self) -> u64 {
+        self.lock().generation
     }
 
     /// Serves one client, acting as domain `domid`, until it disconnects
