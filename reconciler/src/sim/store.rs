@@ -103,6 +103,17 @@ pub fn elements(path: &str) -> Result<Vec<&str>, Errno> {
     Ok(parts)
 }
 
+/// Permissions as xenstored takes them: at least one, each `n`, `r`, `w`
+/// or `b` and a domid.
+fn valid_perms(perms: &[String]) -> bool {
+    !perms.is_empty()
+        && perms.iter().all(|p| {
+            let mut chars = p.chars();
+            matches!(chars.next(), Some('n' | 'r' | 'w' | 'b'))
+                && chars.as_str().parse::<u32>().is_ok()
+        })
+}
+
 impl Store {
     fn node(&self, path: &str) -> Result<&Node, Errno> {
         let mut node = &self.root;
@@ -178,14 +189,26 @@ impl Store {
         Ok(parent.children.remove(*last).is_some())
     }
 
+    /// Writes a node and sets its permissions in one walk from the root
+    /// (a seed's every line does both).
+    pub fn write_with_perms(
+        &mut self,
+        path: &str,
+        value: &[u8],
+        perms: Vec<String>,
+    ) -> Result<(), Errno> {
+        if !valid_perms(&perms) {
+            return Err(Errno::Einval);
+        }
+        let elements = elements(path)?;
+        let (node, _) = self.node_mut(&elements, true)?;
+        node.value = value.to_vec();
+        node.perms = perms;
+        Ok(())
+    }
+
     pub fn set_perms(&mut self, path: &str, perms: Vec<String>) -> Result<(), Errno> {
-        let valid = !perms.is_empty()
-            && perms.iter().all(|p| {
-                let mut chars = p.chars();
-                matches!(chars.next(), Some('n' | 'r' | 'w' | 'b'))
-                    && chars.as_str().parse::<u32>().is_ok()
-            });
-        if !valid {
+        if !valid_perms(&perms) {
             return Err(Errno::Einval);
         }
         let elements = elements(path)?;

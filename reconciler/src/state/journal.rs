@@ -98,14 +98,10 @@ impl StateDb {
         step: usize,
         now: jiff::Timestamp,
     ) -> Result<(), StateError> {
-        self.write(now, "journaling a step", |w| {
-            w.tx.execute(
-                "UPDATE journal SET status = 'running', started_at = ?3 WHERE run_id = ?1 AND step = ?2",
-                params![run, step as i64, millis(now)],
-            )
-            .map_err(w.error("journaling a step"))?;
-            Ok(())
-        })
+        self.journal_entry(
+            "UPDATE journal SET status = 'running', started_at = ?3 WHERE run_id = ?1 AND step = ?2",
+            params![run, step as i64, millis(now)],
+        )
     }
 
     pub fn step_finished(
@@ -115,18 +111,46 @@ impl StateDb {
         outcome: Result<(), &str>,
         now: jiff::Timestamp,
     ) -> Result<(), StateError> {
-        self.write(now, "journaling a step", |w| {
-            let (status, error) = match outcome {
-                Ok(()) => ("done", None),
-                Err(message) => ("failed", Some(message)),
-            };
-            w.tx.execute(
-                "UPDATE journal SET status = ?3, error = ?4, finished_at = ?5 WHERE run_id = ?1 AND step = ?2",
-                params![run, step as i64, status, error, millis(now)],
-            )
-            .map_err(w.error("journaling a step"))?;
-            Ok(())
-        })
+        let (status, error) = match outcome {
+            Ok(()) => ("done", None),
+            Err(message) => ("failed", Some(message)),
+        };
+        self.journal_entry(
+            "UPDATE journal SET status = ?3, error = ?4, finished_at = ?5 WHERE run_id = ?1 AND step = ?2",
+            params![run, step as i64, status, error, millis(now)],
+        )
+    }
+
+    /// A step's entry, in a transaction of its own that is not waited onto
+    /// the disk: an apply writes two per step, and waiting for each was
+    /// most of the time of a large apply. SQLite's write-ahead log keeps
+    /// transactions in order, so the next change of state (every other
+    /// write waits, `synchronous = FULL`) carries the entries before it to
+    /// the disk. A process killed loses nothing; a power cut may lose the
+    /// last entries, never a change of state, and the next plan starts
+    /// from the state and the host either way.
+    fn journal_entry(
+        &mut self,
+        sql: &str,
+        values: impl rusqlite::Params,
+    ) -> Result<(), StateError> {
+        let label = self.label.clone();
+        let error = |source| StateError::Sqlite {
+            path: label.clone(),
+            operation: "journaling a step",
+            source,
+        };
+        let connection = &mut self.connection;
+        connection
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(error)?;
+        let written = connection
+            .prepare_cached(sql)
+            .and_then(|mut statement| statement.execute(values));
+        connection
+            .pragma_update(None, "synchronous", "FULL")
+            .map_err(error)?;
+        written.map(|_| ()).map_err(error)
     }
 
     pub fn finish_run(

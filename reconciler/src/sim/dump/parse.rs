@@ -1,9 +1,9 @@
 //! Reading a dump, line by line (see the module above for the format).
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
 use super::{Cut, CutKind, DumpError, Seed};
-use crate::sim::store::{Errno, Store};
+use crate::sim::store::{Errno, Store, elements};
 
 /// Columns of ` = "` and `\..."` around a cut value (xenstore-ls's TAG).
 const TAG_WIDTH: usize = 8;
@@ -88,7 +88,7 @@ struct Reader {
     /// Names of the current node's ancestors, by depth (indented form).
     stack: Vec<String>,
     /// Every path read, with its line.
-    seen: BTreeMap<String, usize>,
+    seen: HashMap<String, usize>,
     /// The last node, when it was a `name:` line (its permissions may
     /// follow on a line of their own).
     unreadable: Option<String>,
@@ -329,6 +329,24 @@ impl Reader {
                     self.seed.cuts.insert(path.clone(), cut);
                 }
             }
+        } else if let Some((perms, at)) = perms {
+            // The usual line of a `-p` dump: the node and its permissions
+            // in one walk of the store.
+            self.recorded |= perms != ["n0"];
+            return self
+                .seed
+                .store
+                .write_with_perms(&path, &value.bytes, perms)
+                .map_err(|e| match e {
+                    Errno::Einval if elements(&path).is_ok() => {
+                        problem(at, format!("invalid permissions ({e})"), REDUMP)
+                    }
+                    _ => problem(
+                        indent,
+                        format!("`{path}` is not a valid xenstore path ({e})"),
+                        "xenstore paths are at most 3072 characters",
+                    ),
+                });
         } else {
             self.write(&path, &value.bytes, indent)?;
         }
