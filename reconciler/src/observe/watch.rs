@@ -35,7 +35,10 @@ pub struct BackendChanges {
 impl BackendWatch {
     /// Connects and sets the watch; changes count from here.
     pub fn start() -> Result<BackendWatch, XenstoreError> {
-        let mut reader = Reader::connect()?;
+        BackendWatch::over(Reader::connect()?)
+    }
+
+    fn over(mut reader: Reader) -> Result<BackendWatch, XenstoreError> {
         reader
             .client()
             .watch(BACKENDS, TOKEN)
@@ -168,6 +171,79 @@ fn where_changed(path: &str) -> Changed {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sim::{Faults, GuestPolicy, Simulator, dump};
+    use crate::xs_client::XsClient;
+
+    /// A backend, as a toolstack leaves it once the script ran.
+    fn backend(xs: &mut XsClient, domid: u32, devid: u32, params: &str) {
+        let dir = format!("{BACKENDS}/vbd/{domid}/{devid}");
+        for (leaf, value) in [
+            ("params", params),
+            ("mode", "w"),
+            ("state", "4"),
+            ("physical-device", "fd:3"),
+        ] {
+            xs.write(0, &format!("{dir}/{leaf}"), value).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_watch_tells_what_changed_and_only_that() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dump::parse(
+            "/local/domain/0/name = \"Domain-0\"\n\
+             /local/domain/0/backend/vbd/3/51712/params = \"/dev/sdb1\"\n\
+             /local/domain/0/backend/vbd/3/51712/state = \"4\"\n",
+        )
+        .unwrap();
+        let socket = dir.path().join("socket");
+        let simulator =
+            Simulator::start(&socket, store, GuestPolicy::default(), Faults::default()).unwrap();
+        let mut xs = XsClient::connect_to(&socket).unwrap();
+        let mut watch =
+            BackendWatch::over(Reader::over(XsClient::connect_to(&socket).unwrap())).unwrap();
+        // Nothing yet: what was there when the watch began is not news.
+        assert_eq!(watch.changed().unwrap(), BackendChanges::default());
+
+        backend(&mut xs, 4, 51728, "/dev/sdb2");
+        xs.write(0, "/local/domain/4/device/vbd/51728/state", "4")
+            .unwrap();
+        xs.write(0, "/local/domain/0/backend/vif/4/0/state", "4")
+            .unwrap();
+        let changes = watch.changed().unwrap();
+        assert_eq!(changes.gone, []);
+        let found: Vec<_> = changes
+            .attachments
+            .iter()
+            .map(|a| (a.domid, a.devid, a.params.as_str()))
+            .collect();
+        assert_eq!(found, [(4, 51728, "/dev/sdb2")]);
+        // Told once.
+        assert_eq!(watch.changed().unwrap(), BackendChanges::default());
+
+        // A guest's whole directory removed, another made at once by a
+        // write deep inside it: both seen.
+        xs.rm(0, "/local/domain/0/backend/vbd/3").unwrap();
+        backend(&mut xs, 5, 51712, "/dev/sdb3");
+        let changes = watch.changed().unwrap();
+        assert_eq!(changes.gone, []);
+        let found: Vec<_> = changes.attachments.iter().map(|a| a.domid).collect();
+        assert_eq!(found, [5]);
+        // The removed guest's backends are not listed (nothing to list),
+        // and the one that stays is not news.
+        xs.rm(0, "/local/domain/0/backend/vbd/5/51712").unwrap();
+        let changes = watch.changed().unwrap();
+        assert_eq!(changes.gone, [("vbd".to_owned(), 5, 51712)]);
+        assert!(changes.attachments.is_empty());
+
+        // The whole backend tree removed: everything left is listed again.
+        xs.rm(0, "/local/domain/0/backend").unwrap();
+        backend(&mut xs, 6, 51712, "/dev/sdb4");
+        let changes = watch.changed().unwrap();
+        let found: Vec<_> = changes.attachments.iter().map(|a| a.domid).collect();
+        assert_eq!(found, [6]);
+        drop(simulator);
+    }
 
     #[test]
     fn an_event_is_placed_at_its_backend() {
