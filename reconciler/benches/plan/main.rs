@@ -1,0 +1,237 @@
+//! Planning large hosts from a snapshot: the scenarios of issue 13 (every
+//! attachment new, fragmented pools, a mass mode change, a full teardown),
+//! issue 5's mixed host, and a host of 200,000 holders for memory; each at
+//! 10,000 domains, 100,000 vdisks and 1,000,000 extents, and at a tenth.
+//!
+//! Each size is generated into files first (desired-state TOML, snapshot
+//! JSON, state DB), then planned in a fresh process so that its peak memory
+//! is the planner's own. Prints seconds per stage, the plan's time over the
+//! time of reading its inputs, the growth from a tenth to full size, the
+//! peak RSS, and what parsing the desired TOML held at most against the
+//! file's size (counted by this program's allocator). Figures go to
+//! BENCHMARKS.md.
+//!
+//! cargo bench --bench plan [-- SCENARIO...]
+
+mod counting;
+mod generate;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use generate::{SCENARIOS, Scale, Scenario};
+use xendisk::desired::{Capacities, Source};
+use xendisk::extent::SectorRange;
+use xendisk::observe::snapshot;
+use xendisk::plan::{Op, PlanInput, PlanOptions, plan_timed};
+use xendisk::state::StateDb;
+
+#[global_allocator]
+static ALLOCATOR: counting::Counting = counting::Counting;
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+fn peak_rss_mib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        / 1024
+}
+
+/// Areas of a vdisk's holder: its extents' contiguous runs.
+fn runs(extents: &[SectorRange]) -> usize {
+    let breaks = extents
+        .windows(2)
+        .filter(|w| !(w[0].device == w[1].device && w[0].end() == w[1].start))
+        .count();
+    if extents.is_empty() { 0 } else { breaks + 1 }
+}
+
+/// Reads the inputs and plans, timing each stage; prints one table row,
+/// then a line for the parent: `= reading total diff`.
+fn measure(scenario: Scenario, dir: &Path) {
+    let now = jiff::Timestamp::from_second(1_000_000).unwrap();
+    let text = std::fs::read_to_string(dir.join("desired.toml")).unwrap();
+    let t = Instant::now();
+    let before = counting::held();
+    counting::reset_peak();
+    let desired = xendisk::desired::from_str("desired.toml", &text, &Capacities::new()).unwrap();
+    let parse_peak = counting::peak() - before;
+    let parse = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let host = snapshot::load(&dir.join("host.json")).unwrap();
+    let observe = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let state = StateDb::open_read_only(&dir.join("state.sqlite"))
+        .unwrap()
+        .snapshot(now)
+        .unwrap();
+    let read_state = t.elapsed().as_secs_f64();
+    let input = PlanInput {
+        desired: &desired,
+        state: &state,
+        host: &host,
+        sources: &[],
+    };
+    let options = PlanOptions {
+        allow_destroy: scenario.allow_destroy(),
+    };
+    let (plan, timings) = plan_timed(&input, options).unwrap();
+    let t = Instant::now();
+    let mut sink = Vec::new();
+    xendisk::render::plan::text(&plan, Default::default(), &mut sink).unwrap();
+    let render = t.elapsed().as_secs_f64();
+    let reading = parse + observe + read_state;
+    let planning = timings.diff.as_secs_f64()
+        + timings.graph.as_secs_f64()
+        + timings.safety.as_secs_f64()
+        + render;
+    assert!(
+        plan.safety.conflicts.is_empty() && plan.refusals.is_empty(),
+        "the generated host plans cleanly: {:?} {:?}",
+        plan.safety.conflicts.first(),
+        plan.refusals.first()
+    );
+    let vdisk_runs: std::collections::HashMap<&str, usize> = state
+        .vdisks
+        .iter()
+        .map(|v| (v.name.as_str(), runs(&v.extents)))
+        .collect();
+    let attached_runs = |params: &str| {
+        let name = params.trim_start_matches("/dev/mapper/xendisk-");
+        vdisk_runs.get(name).copied().unwrap_or(0)
+    };
+    let areas: usize = vdisk_runs.values().sum::<usize>()
+        + host
+            .attachments
+            .iter()
+            .map(|a| attached_runs(&a.params))
+            .sum::<usize>()
+        + plan
+            .steps
+            .iter()
+            .map(|s| match &s.op {
+                Op::Attach {
+                    source: Source::Vdisk(name),
+                    ..
+                } => attached_runs(name),
+                _ => 0,
+            })
+            .sum::<usize>();
+    let extents: u64 = state
+        .pools
+        .iter()
+        .flat_map(|p| &p.devices)
+        .map(|d| d.extents)
+        .sum();
+    println!(
+        "| {} | {} | {} | {} | {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.2}x | {} | {:.1} | {:.1}x |",
+        scenario.name(),
+        host.domains.len() - 1,
+        host.attachments.len(),
+        state.vdisks.len(),
+        extents,
+        plan.steps.len(),
+        plan.safety.holders,
+        areas,
+        parse,
+        observe,
+        read_state,
+        timings.diff.as_secs_f64(),
+        timings.graph.as_secs_f64(),
+        timings.safety.as_secs_f64(),
+        render,
+        reading + planning,
+        (reading + planning) / reading,
+        peak_rss_mib(),
+        text.len() as f64 / MIB,
+        parse_peak as f64 / text.len() as f64,
+    );
+    println!(
+        "= {reading} {} {}",
+        reading + planning,
+        timings.diff.as_secs_f64()
+    );
+}
+
+/// Generates and measures one size; returns `(reading, total, diff)` seconds.
+fn run(scenario: Scenario, fraction: f64) -> (f64, f64, f64) {
+    let dir = tempfile::tempdir().unwrap();
+    generate::generate(scenario, &Scale::of(scenario, fraction), dir.path());
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args(["--measure", scenario.name(), dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    eprint!("{}", String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "measuring {}", scenario.name());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let mut figures = (0.0, 0.0, 0.0);
+    for line in stdout.lines() {
+        match line.strip_prefix("= ") {
+            Some(numbers) => {
+                let n: Vec<f64> = numbers
+                    .split(' ')
+                    .map(|n| n.parse().unwrap_or(0.0))
+                    .collect();
+                figures = (n[0], n[1], n[2]);
+            }
+            None => println!("{line}"),
+        }
+    }
+    figures
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [flag, scenario, dir] = args.as_slice()
+        && flag == "--measure"
+    {
+        let scenario = Scenario::by_name(scenario).expect("a scenario name");
+        measure(scenario, Path::new(dir));
+        return;
+    }
+    // `cargo bench` passes `--bench`; anything else names scenarios.
+    let chosen: Vec<Scenario> = args
+        .iter()
+        .filter(|a| !a.starts_with("--"))
+        .map(|a| {
+            Scenario::by_name(a).unwrap_or_else(|| {
+                let names: Vec<&str> = SCENARIOS.iter().map(|s| s.name()).collect();
+                eprintln!("unknown scenario {a}; expected one of {}", names.join(", "));
+                std::process::exit(2)
+            })
+        })
+        .collect();
+    let chosen = if chosen.is_empty() {
+        SCENARIOS.to_vec()
+    } else {
+        chosen
+    };
+    println!(
+        "| scenario | domains | attachments | vdisks | extents | steps | holders | areas | parse | observe | state DB | diff | graph | safety | render | total (s) | total / reading | peak RSS (MiB) | TOML (MiB) | TOML parse peak / size |"
+    );
+    println!(
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    let mut growth = Vec::new();
+    for scenario in chosen {
+        let tenth = run(scenario, 0.1);
+        let full = run(scenario, 1.0);
+        growth.push(format!(
+            "{}: total {:.1}x, reading {:.1}x, diff {:.1}x",
+            scenario.name(),
+            full.1 / tenth.1,
+            full.0 / tenth.0,
+            full.2 / tenth.2
+        ));
+    }
+    println!();
+    println!("Full size over a tenth:");
+    for line in growth {
+        println!("- {line}");
+    }
+}
