@@ -12,6 +12,9 @@
 //! BENCHMARKS.md.
 //!
 //! cargo bench --bench plan [-- SCENARIO...]
+//!
+//! To profile one size: `plan --generate SCENARIO FRACTION DIR`, then
+//! `perf record plan --measure SCENARIO DIR` (the binary under target/release/deps).
 
 mod counting;
 mod generate;
@@ -192,6 +195,15 @@ fn main() {
     {
         let scenario = Scenario::by_name(scenario).expect("a scenario name");
         measure(scenario, Path::new(dir));
+        return;
+    }
+    // For profiling one stage: generate once, then measure under perf.
+    if let [flag, scenario, fraction, dir] = args.as_slice()
+        && flag == "--generate"
+    {
+        let scenario = Scenario::by_name(scenario).expect("a scenario name");
+        let fraction: f64 = fraction.parse().expect("a fraction of full size");
+        generate::generate(scenario, &Scale::of(scenario, fraction), Path::new(dir));
         return;
     }
     // `cargo bench` passes `--bench`; anything else names scenarios.

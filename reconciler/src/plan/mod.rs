@@ -317,7 +317,8 @@ pub fn plan_timed(
     let diffed = std::time::Instant::now();
     // Every pair of holders that must not meet gets a dependency path: an
     // edge, unless the operations' own dependencies make one already.
-    let candidates = safety::ordering_edges(&diff.holders, level);
+    let clashes = safety::clashes(&diff.holders, level);
+    let candidates = safety::ordering_edges_of(&diff.holders, &clashes);
     let order = graph::order(&diff.ops, &diff.edges)?;
     let step_of = positions(&order);
     let as_steps: Vec<(usize, usize)> = candidates
@@ -344,22 +345,25 @@ pub fn plan_timed(
     for &(from, to) in &sharing_edges {
         for_sharing[to].push(step_of[from]);
     }
+    // Moved, not cloned, into the steps: a teardown has hundreds of
+    // thousands, some with every extent of a vdisk.
+    let mut ops: Vec<Option<Op>> = diff.ops.into_iter().map(Some).collect();
     let steps: Vec<Step> = order
         .iter()
         .enumerate()
-        .map(|(position, &index)| {
+        .filter_map(|(position, &index)| {
             let mut depends_on = std::mem::take(&mut depends_on[index]);
             depends_on.sort_unstable();
             depends_on.dedup();
             let mut waits_for_sharing = std::mem::take(&mut for_sharing[index]);
             waits_for_sharing.sort_unstable();
             waits_for_sharing.dedup();
-            Step {
+            Some(Step {
                 id: position + 1,
-                op: diff.ops[index].clone(),
+                op: ops[index].take()?,
                 depends_on,
                 waits_for_sharing,
-            }
+            })
         })
         .collect();
     let ordered = std::time::Instant::now();
@@ -374,7 +378,7 @@ pub fn plan_timed(
         })
         .collect();
     let dependencies = Dependencies::new(steps.iter().map(|s| s.depends_on.clone()).collect());
-    let safety = safety::check(&holders, &dependencies, level);
+    let safety = safety::check_clashes(&holders, clashes, &dependencies, level);
     let checked = std::time::Instant::now();
     let timings = Timings {
         diff: diffed - started,
