@@ -70,8 +70,11 @@ struct Builder<'a> {
     resolver: Resolver<'a>,
     diff: Diff,
     spaces: BTreeMap<String, PoolSpace>,
-    /// Extents of each vdisk after the plan, relative to pool devices.
+    /// Extents after the plan of the vdisks it creates or grows, relative
+    /// to pool devices; the others keep theirs ([`Builder::extents_after`]).
     extents: BTreeMap<String, Vec<SectorRange>>,
+    /// The state DB's live vdisks, by name.
+    live: HashMap<&'a str, &'a VdiskState>,
     creates: BTreeMap<String, usize>,
     grows: BTreeMap<String, usize>,
     deletes: BTreeMap<String, usize>,
@@ -98,11 +101,12 @@ pub(super) fn diff(input: &PlanInput<'_>, options: PlanOptions) -> Result<Diff, 
             notes: Vec::new(),
         },
         spaces: BTreeMap::new(),
-        extents: input
+        extents: BTreeMap::new(),
+        live: input
             .state
             .vdisks
             .iter()
-            .map(|v| (v.name.clone(), v.extents.clone()))
+            .map(|v| (v.name.as_str(), v))
             .collect(),
         creates: BTreeMap::new(),
         grows: BTreeMap::new(),
@@ -121,6 +125,14 @@ pub(super) fn diff(input: &PlanInput<'_>, options: PlanOptions) -> Result<Diff, 
 }
 
 impl Builder<'_> {
+    /// A vdisk's extents after the plan; none for one that is not there.
+    fn extents_after(&self, vdisk: &str) -> &[SectorRange] {
+        match self.extents.get(vdisk) {
+            Some(extents) => extents,
+            None => self.live.get(vdisk).map_or(&[], |v| v.extents.as_slice()),
+        }
+    }
+
     fn push(&mut self, op: Op) -> usize {
         self.diff.ops.push(op);
         self.diff.ops.len() - 1
@@ -360,7 +372,7 @@ impl Builder<'_> {
         self.diff.edges.extend(scrub.map(|scrub| (scrub, op)));
         self.extents
             .entry(existing.name.clone())
-            .or_default()
+            .or_insert_with(|| existing.extents.clone())
             .extend(allocation.extents);
         self.grows.insert(existing.name.clone(), op);
         Ok(())
