@@ -29,7 +29,7 @@ use super::validate::{self, Capacities};
 use super::{Desired, Problem};
 
 /// The least size of a piece: its parse holds about fifty times this.
-const PIECE_BYTES: usize = 64 * 1024;
+const PIECE_BYTES: usize = 16 * 1024;
 
 /// Where to cut `text`, as the byte ranges of its pieces; `None` when it
 /// is read whole (see the module's doc).
