@@ -79,7 +79,15 @@ pub(super) fn order(ops: &[Op], edges: &[(usize, usize)]) -> Result<Vec<usize>, 
     for &(from, to) in edges {
         graph.update_edge(nodes[from], nodes[to], ());
     }
+    // Each operation's rank in (phase, tie key, index) order, sorted once:
+    // the ready set then compares numbers, not names, at every step.
     let keys: Vec<(u8, TieKey<'_>)> = ops.iter().map(|op| (phase(op), tie_key(op))).collect();
+    let mut by_key: Vec<usize> = (0..ops.len()).collect();
+    by_key.sort_by_key(|&i| (&keys[i], i));
+    let mut rank = vec![0; ops.len()];
+    for (position, &index) in by_key.iter().enumerate() {
+        rank[index] = position;
+    }
     let mut waiting: Vec<usize> = nodes
         .iter()
         .map(|n| {
@@ -88,18 +96,19 @@ pub(super) fn order(ops: &[Op], edges: &[(usize, usize)]) -> Result<Vec<usize>, 
                 .count()
         })
         .collect();
-    let mut ready: BinaryHeap<Reverse<(&(u8, TieKey<'_>), usize)>> = (0..ops.len())
+    let mut ready: BinaryHeap<Reverse<usize>> = (0..ops.len())
         .filter(|i| waiting[*i] == 0)
-        .map(|i| Reverse((&keys[i], i)))
+        .map(|i| Reverse(rank[i]))
         .collect();
     let mut order = Vec::with_capacity(ops.len());
-    while let Some(Reverse((_, index))) = ready.pop() {
+    while let Some(Reverse(ranked)) = ready.pop() {
+        let index = by_key[ranked];
         order.push(index);
         for next in graph.neighbors_directed(nodes[index], petgraph::Direction::Outgoing) {
             let next = graph[next];
             waiting[next] -= 1;
             if waiting[next] == 0 {
-                ready.push(Reverse((&keys[next], next)));
+                ready.push(Reverse(rank[next]));
             }
         }
     }
