@@ -5,7 +5,7 @@
 //!
 //! Each size is generated into files first (desired-state TOML, snapshot
 //! JSON, state DB), then planned in a fresh process so that its peak memory
-//! is the planner's own. Prints seconds per stage, the plan's time over the
+//! is the planner's own, three times: the fastest run is reported. Prints seconds per stage, the plan's time over the
 //! time of reading its inputs, the growth from a tenth to full size, the
 //! peak RSS, and what parsing the desired TOML held at most against the
 //! file's size (counted by this program's allocator). Figures go to
@@ -161,30 +161,45 @@ fn measure(scenario: Scenario, dir: &Path) {
     );
 }
 
-/// Generates and measures one size; returns `(reading, total, diff)` seconds.
+/// How many times each size is planned: the machine is shared, so the run
+/// with the least total time is the one reported.
+const RUNS: usize = 3;
+
+/// Generates one size and measures it [`RUNS`] times, each in a fresh
+/// process; prints the fastest run's row and returns its `(reading,
+/// total, diff)` seconds.
 fn run(scenario: Scenario, fraction: f64) -> (f64, f64, f64) {
     let dir = tempfile::tempdir().unwrap();
     generate::generate(scenario, &Scale::of(scenario, fraction), dir.path());
-    let output = Command::new(std::env::current_exe().unwrap())
-        .args(["--measure", scenario.name(), dir.path().to_str().unwrap()])
-        .output()
-        .unwrap();
-    eprint!("{}", String::from_utf8_lossy(&output.stderr));
-    assert!(output.status.success(), "measuring {}", scenario.name());
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let mut figures = (0.0, 0.0, 0.0);
-    for line in stdout.lines() {
-        match line.strip_prefix("= ") {
-            Some(numbers) => {
-                let n: Vec<f64> = numbers
-                    .split(' ')
-                    .map(|n| n.parse().unwrap_or(0.0))
-                    .collect();
-                figures = (n[0], n[1], n[2]);
+    let mut best: Option<(String, (f64, f64, f64))> = None;
+    for _ in 0..RUNS {
+        let output = Command::new(std::env::current_exe().unwrap())
+            .args(["--measure", scenario.name(), dir.path().to_str().unwrap()])
+            .output()
+            .unwrap();
+        eprint!("{}", String::from_utf8_lossy(&output.stderr));
+        assert!(output.status.success(), "measuring {}", scenario.name());
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let mut row = String::new();
+        let mut figures = (0.0, 0.0, 0.0);
+        for line in stdout.lines() {
+            match line.strip_prefix("= ") {
+                Some(numbers) => {
+                    let n: Vec<f64> = numbers
+                        .split(' ')
+                        .map(|n| n.parse().unwrap_or(0.0))
+                        .collect();
+                    figures = (n[0], n[1], n[2]);
+                }
+                None => row = line.to_owned(),
             }
-            None => println!("{line}"),
+        }
+        if best.as_ref().is_none_or(|(_, b)| figures.1 < b.1) {
+            best = Some((row, figures));
         }
     }
+    let (row, figures) = best.unwrap_or_default();
+    println!("{row}");
     figures
 }
 
