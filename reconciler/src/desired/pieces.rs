@@ -63,7 +63,7 @@ pub fn cuts(text: &str) -> Option<Vec<Range<usize>>> {
                         }
                         TokenKind::Atom | TokenKind::BasicString | TokenKind::LiteralString => {
                             let span = token.span();
-                            segments.push(&text[span.start()..span.end()]);
+                            segments.push(text.get(span.start()..span.end()).unwrap_or(""));
                         }
                         _ => {}
                     }
@@ -72,7 +72,7 @@ pub fn cuts(text: &str) -> Option<Vec<Range<usize>>> {
                     [section, name, ..] => {
                         let entry = (*section, *name);
                         let starts_entry = last_entry != Some(entry);
-                        let piece = line_begins - starts.last().copied().unwrap_or(0);
+                        let piece = line_begins.saturating_sub(starts.last().copied().unwrap_or(0));
                         if starts_entry && piece >= PIECE_BYTES {
                             starts.push(line_begins);
                         }
@@ -111,7 +111,7 @@ pub fn read(
     let mut syntax = Vec::new();
     let mut problems = Vec::new();
     for piece in pieces {
-        let (document, errors) = parse::parse_document(&text[piece.clone()]);
+        let (document, errors) = parse::parse_document(text.get(piece.clone())?);
         syntax.extend(moved(errors, piece.start));
         let Some(document) = document else {
             continue;
@@ -135,7 +135,10 @@ pub fn read(
         if spans.iter().all(Option::is_some) {
             break;
         }
-        let (Some(document), _) = parse::parse_document(&text[piece.clone()]) else {
+        let Some(part) = text.get(piece.clone()) else {
+            continue;
+        };
+        let (Some(document), _) = parse::parse_document(part) else {
             continue;
         };
         for (finding, span) in findings.iter().zip(&mut spans) {

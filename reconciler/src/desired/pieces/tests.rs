@@ -1,3 +1,7 @@
+//! Reading in pieces against reading whole: the same model, the same
+//! problems at the same places, and a whole read where a cut could change
+//! what the file means.
+
 use std::fmt::Write as _;
 
 use super::super::{Capacities, FileProblems, read_whole};
@@ -109,4 +113,23 @@ fn small_files_and_keys_outside_tables_are_read_whole() {
     // A one-key header after the first cut: a second `[settings]` would
     // be TOML's duplicate, which only a whole read sees.
     assert!(cuts(&format!("{text}[settings]\nsharing = \"unsafe\"\n")).is_none());
+}
+
+#[test]
+fn brackets_inside_strings_and_arrays_are_not_headers() {
+    let text = large(|i, entry| match i {
+        2000 => entry.replace("size =", "note = \"\"\"\n[vdisks.fake]\n\"\"\"\nsize ="),
+        2001 => entry.replace("size = \"1GiB\"", "size = [\n[1],\n]"),
+        _ => entry,
+    });
+    let pieces = cuts(&text).unwrap();
+    assert!(
+        !pieces
+            .iter()
+            .any(|p| text[p.clone()].starts_with("[vdisks.fake]"))
+    );
+    assert!(!pieces.iter().any(|p| text[p.clone()].starts_with("[1]")));
+    let (in_pieces, whole) = both(&text);
+    assert!(whole.contains("note"), "{whole}");
+    assert_eq!(in_pieces, whole);
 }
