@@ -7,6 +7,7 @@
 
 mod model;
 mod parse;
+mod pieces;
 mod validate;
 pub mod values;
 
@@ -62,10 +63,17 @@ pub fn from_bytes(name: &str, bytes: &[u8], capacities: &Capacities) -> Result<D
 
 /// Decodes and validates the text of a desired-state file named `name`.
 pub fn from_str(name: &str, text: &str, capacities: &Capacities) -> Result<Desired, LoadError> {
-    let invalid = |problems| LoadError::Invalid(FileProblems::new(name, text, problems));
+    let read = pieces::cuts(text)
+        .and_then(|cuts| pieces::read(text, &cuts, capacities))
+        .unwrap_or_else(|| read_whole(text, capacities));
+    read.map_err(|problems| LoadError::Invalid(FileProblems::new(name, text, problems)))
+}
+
+/// Parses, decodes and validates a file in one piece.
+fn read_whole(text: &str, capacities: &Capacities) -> Result<Desired, Vec<Problem>> {
     let (document, mut problems) = parse::parse_document(text);
     let Some(document) = document else {
-        return Err(invalid(problems));
+        return Err(problems);
     };
     let (desired, undecoded) = parse::decode(&document, &mut problems);
     for finding in validate::validate(&desired, capacities, &undecoded) {
@@ -77,7 +85,7 @@ pub fn from_str(name: &str, text: &str, capacities: &Capacities) -> Result<Desir
     if problems.is_empty() {
         Ok(desired)
     } else {
-        Err(invalid(problems))
+        Err(problems)
     }
 }
 

@@ -71,6 +71,18 @@ pub struct Undecoded {
 pub fn decode(document: &Document<'_>, problems: &mut Vec<Problem>) -> (Desired, Undecoded) {
     let mut desired = Desired::default();
     let mut undecoded = Undecoded::default();
+    decode_into(document, problems, &mut desired, &mut undecoded);
+    (desired, undecoded)
+}
+
+/// Adds a parsed document's entries to a model: the whole file's, or
+/// one piece's of a large file (see [`super::pieces`]).
+pub fn decode_into(
+    document: &Document<'_>,
+    problems: &mut Vec<Problem>,
+    desired: &mut Desired,
+    undecoded: &mut Undecoded,
+) {
     for (key, value) in document.get_ref().iter() {
         match key.get_ref().as_ref() {
             "settings" => {
@@ -78,20 +90,25 @@ pub fn decode(document: &Document<'_>, problems: &mut Vec<Problem>) -> (Desired,
                     desired.settings = settings;
                 }
             }
-            "pools" => {
-                desired.pools = decode_entries(value, "pools", problems, &mut undecoded.pools)
-            }
-            "vdisks" => {
-                desired.vdisks = decode_entries(value, "vdisks", problems, &mut undecoded.vdisks)
-            }
-            "domains" => desired.domains = decode_domains(value, problems),
+            "pools" => desired.pools.extend(decode_entries(
+                value,
+                "pools",
+                problems,
+                &mut undecoded.pools,
+            )),
+            "vdisks" => desired.vdisks.extend(decode_entries(
+                value,
+                "vdisks",
+                problems,
+                &mut undecoded.vdisks,
+            )),
+            "domains" => desired.domains.extend(decode_domains(value, problems)),
             other => problems.push(
                 Problem::new(Some(key.span()), format!("unknown section `{other}`"))
                     .with_note(format!("expected {SECTIONS}")),
             ),
         }
     }
-    (desired, undecoded)
 }
 
 fn decode_value<T: DeserializeOwned>(

@@ -29,6 +29,29 @@ fn phase(op: &Op) -> u8 {
     }
 }
 
+type TieKey<'a> = (&'a str, &'a str, u32);
+
+/// The order among operations of one phase: by pool, vdisk or domain name,
+/// then by path or vdisk (pool operations) or device id (attachments).
+/// Borrowed, not formatted, since a plan may have hundreds of thousands.
+fn tie_key(op: &Op) -> TieKey<'_> {
+    match op {
+        Op::AddPoolDevice { pool, path, .. } | Op::RemovePoolDevice { pool, path, .. } => {
+            (pool, path, 0)
+        }
+        Op::Scrub { pool, vdisk, .. } => (pool, vdisk, 0),
+        Op::CreateVdisk { name, .. }
+        | Op::GrowVdisk { name, .. }
+        | Op::SetExpiry { name, .. }
+        | Op::DeleteVdisk { name, .. }
+        | Op::Realise { vdisk: name }
+        | Op::Unrealise { vdisk: name }
+        | Op::Resize { vdisk: name } => (name, "", 0),
+        Op::Attach { domain, devid, .. } | Op::Detach { domain, devid, .. } => (domain, "", *devid),
+    }
+}
+
+/// The operation as a cycle error names it.
 fn tie_break(op: &Op) -> String {
     match op {
         Op::AddPoolDevice { pool, path, .. } | Op::RemovePoolDevice { pool, path, .. } => {
@@ -56,7 +79,15 @@ pub(super) fn order(ops: &[Op], edges: &[(usize, usize)]) -> Result<Vec<usize>, 
     for &(from, to) in edges {
         graph.update_edge(nodes[from], nodes[to], ());
     }
-    let keys: Vec<(u8, String)> = ops.iter().map(|op| (phase(op), tie_break(op))).collect();
+    // Each operation's rank in (phase, tie key, index) order, sorted once:
+    // the ready set then compares numbers, not names, at every step.
+    let keys: Vec<(u8, TieKey<'_>)> = ops.iter().map(|op| (phase(op), tie_key(op))).collect();
+    let mut by_key: Vec<usize> = (0..ops.len()).collect();
+    by_key.sort_by_key(|&i| (&keys[i], i));
+    let mut rank = vec![0; ops.len()];
+    for (position, &index) in by_key.iter().enumerate() {
+        rank[index] = position;
+    }
     let mut waiting: Vec<usize> = nodes
         .iter()
         .map(|n| {
@@ -65,18 +96,19 @@ pub(super) fn order(ops: &[Op], edges: &[(usize, usize)]) -> Result<Vec<usize>, 
                 .count()
         })
         .collect();
-    let mut ready: BinaryHeap<Reverse<(&(u8, String), usize)>> = (0..ops.len())
+    let mut ready: BinaryHeap<Reverse<usize>> = (0..ops.len())
         .filter(|i| waiting[*i] == 0)
-        .map(|i| Reverse((&keys[i], i)))
+        .map(|i| Reverse(rank[i]))
         .collect();
     let mut order = Vec::with_capacity(ops.len());
-    while let Some(Reverse((_, index))) = ready.pop() {
+    while let Some(Reverse(ranked)) = ready.pop() {
+        let index = by_key[ranked];
         order.push(index);
         for next in graph.neighbors_directed(nodes[index], petgraph::Direction::Outgoing) {
             let next = graph[next];
             waiting[next] -= 1;
             if waiting[next] == 0 {
-                ready.push(Reverse((&keys[next], next)));
+                ready.push(Reverse(rank[next]));
             }
         }
     }

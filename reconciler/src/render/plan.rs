@@ -1,7 +1,6 @@
 //! The plan for a person (grouped by resource, `+ ~ -`, step numbers, the
 //! verdict) and for a program (a versioned JSON document).
 
-use std::collections::BTreeMap;
 use std::io::{self, Write};
 
 use anstyle::{AnsiColor, Style};
@@ -9,7 +8,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::desired::Desired;
-use crate::plan::{Op, Plan, Resource, Step};
+use crate::plan::{Op, Plan, Step};
 use crate::safety::{Conflict, ConflictKind};
 
 /// How to print a text plan.
@@ -53,15 +52,16 @@ pub fn text(plan: &Plan, style: TextStyle, out: &mut dyn Write) -> io::Result<()
         let style = Style::new().fg_color(Some(colour.into()));
         format!("{style}{text}{style:#}")
     };
-    let mut groups: BTreeMap<Resource, Vec<&Step>> = BTreeMap::new();
-    for step in &plan.steps {
-        groups.entry(step.op.resource()).or_default().push(step);
-    }
+    // Grouped by resource, each group's steps in plan order (a stable sort).
+    let mut grouped: Vec<&Step> = plan.steps.iter().collect();
+    grouped.sort_by(|a, b| a.op.resource_key().cmp(&b.op.resource_key()));
     if plan.steps.is_empty() {
         writeln!(out, "No changes: the host matches the desired state.")?;
     }
-    for (resource, steps) in &groups {
-        writeln!(out, "{resource}")?;
+    for steps in grouped.chunk_by(|a, b| a.op.resource_key() == b.op.resource_key()) {
+        if let Some(first) = steps.first() {
+            writeln!(out, "{}", first.op.resource())?;
+        }
         for step in steps {
             let line = format!(
                 "  [{}] {} {}",

@@ -152,7 +152,12 @@ pub struct SafetyReport {
 /// apart: the step removing one before the step adding the other. Pairs
 /// that no order can separate are left to [`check`] to report.
 pub fn ordering_edges(holders: &[Holder], level: Sharing) -> Vec<(usize, usize)> {
-    let mut edges: Vec<(usize, usize)> = clashes(holders, level)
+    ordering_edges_of(holders, &clashes(holders, level))
+}
+
+/// [`ordering_edges`] for the clashes [`clashes`] found among `holders`.
+pub fn ordering_edges_of(holders: &[Holder], clashes: &[Clash]) -> Vec<(usize, usize)> {
+    let mut edges: Vec<(usize, usize)> = clashes
         .iter()
         .filter_map(|clash| {
             let (a, b) = (&holders[clash.first], &holders[clash.second]);
@@ -192,6 +197,18 @@ fn separating_edge(gone: &Holder, comes: &Holder) -> Option<(usize, usize)> {
 /// Checks every pair that would conflict against the plan's dependencies
 /// (holders' steps are step ids here).
 pub fn check(holders: &[Holder], dependencies: &Dependencies, level: Sharing) -> SafetyReport {
+    check_clashes(holders, clashes(holders, level), dependencies, level)
+}
+
+/// [`check`] for the clashes [`clashes`] found among `holders`: the
+/// planner has them from ordering the steps, and renumbering the holders'
+/// steps does not change which pairs clash.
+pub fn check_clashes(
+    holders: &[Holder],
+    clashes: Vec<Clash>,
+    dependencies: &Dependencies,
+    level: Sharing,
+) -> SafetyReport {
     let mut report = SafetyReport {
         level,
         holders: holders.len(),
@@ -204,7 +221,7 @@ pub fn check(holders: &[Holder], dependencies: &Dependencies, level: Sharing) ->
             .collect(),
     };
     let mut reach = order::Reach::new(dependencies);
-    for clash in clashes(holders, level) {
+    for clash in clashes {
         let (a, b) = (&holders[clash.first], &holders[clash.second]);
         let mut apart = |gone: &Holder, comes: &Holder| match (gone.removed_by, comes.added_by) {
             (Some(removed), Some(added)) => reach.before_or_same(removed, added),

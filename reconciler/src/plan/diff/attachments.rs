@@ -119,10 +119,7 @@ impl Builder<'_> {
                     .extend(detaches.iter().map(|&d| (d, attach)));
                 let areas = self.desired_areas(name, &vdev, &disk.source)?;
                 let on = match &disk.source {
-                    Source::Vdisk(vdisk) => {
-                        let extents = self.extents.get(vdisk).cloned().unwrap_or_default();
-                        self.vdisk_layers(vdisk, &extents)
-                    }
+                    Source::Vdisk(vdisk) => self.vdisk_layers(vdisk, self.extents_after(vdisk)),
                     Source::Phy(path) | Source::File(path) => {
                         self.devices_used(&normalise(path), None)
                     }
@@ -328,20 +325,22 @@ impl Builder<'_> {
     /// its extents (a grow whose apply stopped before the device followed),
     /// gets its device resized in place, attached or not.
     fn resizes(&mut self) {
-        let names: Vec<String> = self.extents.keys().cloned().collect();
-        for vdisk in names {
-            if !self.is_realised(&vdisk)
-                || self.creates.contains_key(&vdisk)
-                || self.deletes.contains_key(&vdisk)
+        // Created vdisks get their device at its full length: the live ones.
+        let state = self.input.state;
+        for vdisk in &state.vdisks {
+            let vdisk = vdisk.name.as_str();
+            if !self.is_realised(vdisk)
+                || self.creates.contains_key(vdisk)
+                || self.deletes.contains_key(vdisk)
             {
                 continue;
             }
-            let extents = &self.extents[&vdisk];
+            let extents = self.extents_after(vdisk);
             let sectors: u64 = extents.iter().map(|e| e.sectors).sum();
-            let grow = self.grows.get(&vdisk).copied();
+            let grow = self.grows.get(vdisk).copied();
             let short = self
                 .index
-                .realised_sectors(&vdisk)
+                .realised_sectors(vdisk)
                 .is_some_and(|now| now < sectors);
             if grow.is_none() && !short {
                 continue;
@@ -351,7 +350,7 @@ impl Builder<'_> {
                 .filter(|w| !(w[0].device == w[1].device && w[0].end() == w[1].start))
                 .count()
                 + 1;
-            if self.index.realised_as_loop(&vdisk) && runs > 1 {
+            if self.index.realised_as_loop(vdisk) && runs > 1 {
                 self.refuse(
                     "grow-loop",
                     format!(
@@ -363,7 +362,7 @@ impl Builder<'_> {
                 continue;
             }
             let resize = self.push(Op::Resize {
-                vdisk: vdisk.clone(),
+                vdisk: vdisk.to_owned(),
             });
             self.diff.edges.extend(grow.map(|grow| (grow, resize)));
         }
@@ -448,9 +447,7 @@ impl Builder<'_> {
         source: &Source,
     ) -> Result<Vec<Area>, PlanError> {
         Ok(match source {
-            Source::Vdisk(name) => self
-                .resolver
-                .extents(self.extents.get(name).map_or(&[][..], Vec::as_slice)),
+            Source::Vdisk(name) => self.resolver.extents(self.extents_after(name)),
             Source::Phy(path) => {
                 self.resolver
                     .path(&normalise(path))

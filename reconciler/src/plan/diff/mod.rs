@@ -16,7 +16,7 @@ use crate::desired::{Expiry, Scrub, Size};
 use crate::extent::{DevNum, SectorRange};
 use crate::safety::Holder;
 use crate::state::VdiskState;
-use crate::state::alloc::{self, Run};
+use crate::state::alloc::{FreeSpace, Run};
 
 pub(super) struct Diff {
     pub ops: Vec<Op>,
@@ -34,7 +34,7 @@ struct PoolSpace {
     extent_sectors: u64,
     /// Allocation key (the state DB's row id) to device number.
     devices: BTreeMap<i64, DevNum>,
-    free: Vec<Run>,
+    free: FreeSpace,
     /// The operation adding each new device.
     added_by: BTreeMap<i64, usize>,
     /// Free extents still holding a former owner's data, sorted.
@@ -70,12 +70,19 @@ struct Builder<'a> {
     resolver: Resolver<'a>,
     diff: Diff,
     spaces: BTreeMap<String, PoolSpace>,
-    /// Extents of each vdisk after the plan, relative to pool devices.
+    /// Extents after the plan of the vdisks it creates or grows, relative
+    /// to pool devices; the others keep theirs ([`Builder::extents_after`]).
     extents: BTreeMap<String, Vec<SectorRange>>,
+    /// The state DB's live vdisks, by name.
+    live: HashMap<&'a str, &'a VdiskState>,
     creates: BTreeMap<String, usize>,
     grows: BTreeMap<String, usize>,
     deletes: BTreeMap<String, usize>,
     removals: BTreeMap<String, usize>,
+    /// The removal of each recorded pool device by number (the first
+    /// recorded with that number, as the state DB lists them), `None` when
+    /// it stays: looked up for every extent a deleted vdisk releases.
+    removal_by_device: HashMap<DevNum, Option<usize>>,
 }
 
 pub(super) fn diff(input: &PlanInput<'_>, options: PlanOptions) -> Result<Diff, PlanError> {
@@ -94,16 +101,18 @@ pub(super) fn diff(input: &PlanInput<'_>, options: PlanOptions) -> Result<Diff, 
             notes: Vec::new(),
         },
         spaces: BTreeMap::new(),
-        extents: input
+        extents: BTreeMap::new(),
+        live: input
             .state
             .vdisks
             .iter()
-            .map(|v| (v.name.clone(), v.extents.clone()))
+            .map(|v| (v.name.as_str(), v))
             .collect(),
         creates: BTreeMap::new(),
         grows: BTreeMap::new(),
         deletes: BTreeMap::new(),
         removals: BTreeMap::new(),
+        removal_by_device: HashMap::new(),
     };
     builder.dom0_holders();
     builder.pool_devices()?;
@@ -116,6 +125,14 @@ pub(super) fn diff(input: &PlanInput<'_>, options: PlanOptions) -> Result<Diff, 
 }
 
 impl Builder<'_> {
+    /// A vdisk's extents after the plan; none for one that is not there.
+    fn extents_after(&self, vdisk: &str) -> &[SectorRange] {
+        match self.extents.get(vdisk) {
+            Some(extents) => extents,
+            None => self.live.get(vdisk).map_or(&[], |v| v.extents.as_slice()),
+        }
+    }
+
     fn push(&mut self, op: Op) -> usize {
         self.diff.ops.push(op);
         self.diff.ops.len() - 1
@@ -146,10 +163,11 @@ impl Builder<'_> {
             let mut space = PoolSpace {
                 extent_sectors: pool.extent_size.sectors(),
                 devices: BTreeMap::new(),
-                free: Vec::new(),
+                free: FreeSpace::default(),
                 added_by: BTreeMap::new(),
                 dirty: Vec::new(),
             };
+            let mut free = Vec::new();
             for device in &pool.devices {
                 let kept = declared.is_some_and(|d| {
                     d.devices
@@ -158,7 +176,7 @@ impl Builder<'_> {
                 });
                 if kept {
                     space.devices.insert(device.id, device.device);
-                    space.free.extend(device.free_runs.iter().copied());
+                    free.extend(device.free_runs.iter().copied());
                     space.dirty.extend(device.dirty_runs.iter().copied());
                 } else {
                     let op = self.push(Op::RemovePoolDevice {
@@ -169,6 +187,7 @@ impl Builder<'_> {
                     self.removals.insert(normalise(&device.path), op);
                 }
             }
+            space.free = free.into_iter().collect();
             self.spaces.insert(pool.name.clone(), space);
         }
         let recorded: BTreeSet<String> = state
@@ -219,7 +238,7 @@ impl Builder<'_> {
                     .or_insert_with(|| PoolSpace {
                         extent_sectors,
                         devices: BTreeMap::new(),
-                        free: Vec::new(),
+                        free: FreeSpace::default(),
                         added_by: BTreeMap::new(),
                         dirty: Vec::new(),
                     });
@@ -232,7 +251,7 @@ impl Builder<'_> {
                         first: 0,
                         len: extents,
                     };
-                    space.free.push(run);
+                    space.free.insert(run);
                     space.dirty.push(run);
                 }
                 next_id += 1;
@@ -240,6 +259,12 @@ impl Builder<'_> {
         }
         for space in self.spaces.values_mut() {
             space.dirty.sort();
+        }
+        for device in state.pools.iter().flat_map(|p| &p.devices) {
+            let removal = self.removals.get(&normalise(&device.path)).copied();
+            self.removal_by_device
+                .entry(device.device)
+                .or_insert(removal);
         }
         Ok(())
     }
@@ -347,7 +372,7 @@ impl Builder<'_> {
         self.diff.edges.extend(scrub.map(|scrub| (scrub, op)));
         self.extents
             .entry(existing.name.clone())
-            .or_default()
+            .or_insert_with(|| existing.extents.clone())
             .extend(allocation.extents);
         self.grows.insert(existing.name.clone(), op);
         Ok(())
@@ -399,8 +424,8 @@ impl Builder<'_> {
             });
         };
         let needed = sectors.div_ceil(space.extent_sectors);
-        let Some(pieces) = alloc::choose(&space.free, needed, after) else {
-            let free: u64 = space.free.iter().map(|r| r.len).sum();
+        let Some(pieces) = space.free.choose(needed, after) else {
+            let free = space.free.total();
             return Err(PlanError::PoolShort {
                 pool: pool.to_owned(),
                 vdisk: vdisk.to_owned(),
@@ -414,7 +439,7 @@ impl Builder<'_> {
             dirty: Vec::new(),
         };
         for piece in &pieces {
-            take(&mut space.free, piece);
+            space.free.take(piece);
             allocation
                 .sources
                 .extend(space.added_by.get(&piece.device).copied());
@@ -500,10 +525,7 @@ impl Builder<'_> {
                     continue;
                 };
                 let index = extent.start / space.extent_sectors.max(1);
-                let still_free = space
-                    .free
-                    .iter()
-                    .any(|r| r.device == id && index >= r.first && index < r.first + r.len);
+                let still_free = space.free.contains(id, index);
                 let on_release = self
                     .input
                     .desired
@@ -533,45 +555,6 @@ impl Builder<'_> {
     }
 
     fn removal_of_device(&self, device: DevNum) -> Option<usize> {
-        self.input
-            .state
-            .pools
-            .iter()
-            .flat_map(|p| &p.devices)
-            .find(|d| d.device == device)
-            .and_then(|d| self.removals.get(&normalise(&d.path)).copied())
-    }
-}
-
-/// Removes `piece` from the free runs, splitting the run that holds it.
-fn take(free: &mut Vec<Run>, piece: &Run) {
-    let Some(index) = free.iter().position(|r| {
-        r.device == piece.device
-            && r.first <= piece.first
-            && piece.first + piece.len <= r.first + r.len
-    }) else {
-        return;
-    };
-    let run = free.remove(index);
-    let after = run.first + run.len - (piece.first + piece.len);
-    if after > 0 {
-        free.insert(
-            index,
-            Run {
-                device: run.device,
-                first: piece.first + piece.len,
-                len: after,
-            },
-        );
-    }
-    if piece.first > run.first {
-        free.insert(
-            index,
-            Run {
-                device: run.device,
-                first: run.first,
-                len: piece.first - run.first,
-            },
-        );
+        self.removal_by_device.get(&device).copied().flatten()
     }
 }
