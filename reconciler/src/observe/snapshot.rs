@@ -102,8 +102,17 @@ pub fn parse(name: &str, text: &str) -> Result<Snapshot, SnapshotError> {
             found: version.format_version,
         });
     }
-    serde_json::from_str(text).map_err(|source| SnapshotError::Invalid {
-        path: name.to_owned(),
-        source,
-    })
+    let mut snapshot: Snapshot =
+        serde_json::from_str(text).map_err(|source| SnapshotError::Invalid {
+            path: name.to_owned(),
+            source,
+        })?;
+    // Lookups search these lists; a file edited by hand need not keep the
+    // order observation writes them in.
+    let host = &mut snapshot.host;
+    host.domains.sort();
+    host.attachments.sort();
+    host.block_devices.sort_by_key(|device| device.device);
+    host.paths.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(snapshot)
 }

@@ -150,11 +150,11 @@ fn warn_unconnected(host: &HostState, console: &mut Console<'_>) -> std::io::Res
         if attachment.is_closing() {
             continue;
         }
+        // Domains are observed in domid order.
         let domain = host
             .domains
-            .iter()
-            .find(|d| d.domid == attachment.domid)
-            .map_or(String::new(), |d| format!("{} ", d.name));
+            .binary_search_by_key(&attachment.domid, |d| d.domid)
+            .map_or(String::new(), |i| format!("{} ", host.domains[i].name));
         let vdev = attachment
             .vdev
             .clone()
@@ -307,8 +307,10 @@ pub fn diff(options: &DiffOptions, console: &mut Console<'_>) -> anyhow::Result<
     actual_desired
         .domains
         .retain(|name, _| desired.domains.contains_key(name));
+    let running: std::collections::HashSet<&str> =
+        host.domains.iter().map(|d| d.name.as_str()).collect();
     for (name, domain) in &desired.domains {
-        if host.domains.iter().any(|d| &d.name == name) {
+        if running.contains(name.as_str()) {
             actual_desired.domains.entry(name.clone()).or_default();
         } else {
             // Not running: nothing to compare it with; show it unchanged.
