@@ -1,5 +1,6 @@
 //! Reading a dump, line by line (see the module above for the format).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use super::{Cut, CutKind, DumpError, Seed};
@@ -81,14 +82,14 @@ fn problem(at: usize, message: impl Into<String>, hint: impl Into<String>) -> Pr
 
 /// The reader's state between lines.
 #[derive(Default)]
-struct Reader {
+struct Reader<'a> {
     seed: Seed,
     /// The form of the first node, and its line.
     form: Option<(Form, usize)>,
     /// Names of the current node's ancestors, by depth (indented form).
     stack: Vec<String>,
     /// Every path read, with its line.
-    seen: HashMap<String, usize>,
+    seen: HashMap<Cow<'a, str>, usize>,
     /// The last node, when it was a `name:` line (its permissions may
     /// follow on a line of their own).
     unreadable: Option<String>,
@@ -132,7 +133,7 @@ fn column(line: &str, at: usize) -> usize {
     line[..at].chars().count() + 1
 }
 
-impl Reader {
+impl<'a> Reader<'a> {
     /// A value that may be whole or cut is cut if the cut would be at the
     /// width of the dump's other cuts, or, in the indented form, at 80
     /// (off a terminal; `-f` cuts nothing there).
@@ -153,7 +154,7 @@ impl Reader {
         self.seed
     }
 
-    fn line(&mut self, line: &str, number: usize) -> Result<(), Problem> {
+    fn line(&mut self, line: &'a str, number: usize) -> Result<(), Problem> {
         if line.trim().is_empty() {
             return Ok(());
         }
@@ -227,8 +228,8 @@ impl Reader {
                  between names",
             )
         })?;
-        let path = match form {
-            Form::Full => name.to_owned(),
+        let path: Cow<'a, str> = match form {
+            Form::Full => Cow::Borrowed(name),
             Form::Tree => {
                 if indent > self.stack.len() {
                     return Err(problem(
@@ -245,7 +246,7 @@ impl Reader {
                 }
                 self.stack.truncate(indent);
                 self.stack.push(name.to_owned());
-                format!("/{}", self.stack.join("/"))
+                Cow::Owned(format!("/{}", self.stack.join("/")))
             }
         };
         if let Some(first) = self.seen.insert(path.clone(), number) {
@@ -259,14 +260,14 @@ impl Reader {
         let Some(rest) = rest else {
             self.write(&path, &[], indent)?;
             self.seed.cuts.insert(
-                path.clone(),
+                path.to_string(),
                 Cut {
                     line: number,
                     kept: Vec::new(),
                     kind: CutKind::Unreadable,
                 },
             );
-            self.unreadable = Some(path);
+            self.unreadable = Some(path.into_owned());
             return Ok(());
         };
         let value_at = name_end + 4;
@@ -322,11 +323,11 @@ impl Reader {
             match value.whole {
                 Some(whole) => {
                     self.write(&path, &whole, indent)?;
-                    self.maybe_cut.push((path.clone(), cut, width));
+                    self.maybe_cut.push((path.to_string(), cut, width));
                 }
                 None => {
                     self.write(&path, &cut.kept, indent)?;
-                    self.seed.cuts.insert(path.clone(), cut);
+                    self.seed.cuts.insert(path.to_string(), cut);
                 }
             }
         } else if let Some((perms, at)) = perms {
