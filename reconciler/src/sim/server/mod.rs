@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+mod driven;
 mod transactions;
 
 use super::change::{Change, Op, Touched};
@@ -398,34 +399,7 @@ impl Shared {
     /// made with its rights), until they have nothing more to do.
     fn committed(self: &Arc<Shared>, state: &mut State, changes: &[Change]) {
         self.notify(state, changes);
-        let Some(drivers) = &self.drivers else {
-            return;
-        };
-        let mut changed: Vec<String> = changes.iter().map(|c| c.path.clone()).collect();
-        // Each round is a driver answering the last; a real one ends in a
-        // handful (probe, script, ring, connect, connected).
-        for _ in 0..32 {
-            let actions = drivers::react(&state.store, drivers, &changed, &mut state.drivers);
-            if actions.is_empty() {
-                break;
-            }
-            changed.clear();
-            for action in actions {
-                let op = Op::Write(action.path, action.value.into_bytes());
-                let Ok(ops) = op.as_done_by(&state.store, action.domid) else {
-                    continue;
-                };
-                for op in ops {
-                    let touched = op.touches(&state.store);
-                    if op.apply(&mut state.store).is_ok() {
-                        record(state, touched);
-                        let change = op.change();
-                        self.notify(state, std::slice::from_ref(&change));
-                        changed.push(change.path);
-                    }
-                }
-            }
-        }
+        self.drive(state, changes.iter().map(|c| c.path.clone()).collect());
     }
 
     /// Watch events, and the simulated guests' answer to Closing.
