@@ -474,9 +474,16 @@ impl Shared {
             if shared.stopping.load(Ordering::Relaxed) {
                 return;
             }
-            // The guest closes its frontend, then blkback (dom0) follows.
+            // The guest closes its frontend, then blkback (dom0) follows;
+            // unless the backend is no longer Closing: taken away (and
+            // perhaps made again by a new attach) meanwhile, there is
+            // nothing left to answer.
+            let closing = format!("{backend}/state");
             for dir in [frontend, backend] {
                 let mut state = shared.lock();
+                if state.store.read(&closing) != Ok(CLOSING) {
+                    return;
+                }
                 let path = format!("{dir}/state");
                 if state.store.exists(&dir) && state.store.write(&path, CLOSED).is_ok() {
                     record(&mut state, vec![Touched::node(&path)]);

@@ -2,12 +2,27 @@
 //! `libxl__xs_path_cleanup`, each removal a request of its own, and the
 //! directories an attach stopped halfway left empty.
 
+use std::hash::{Hash, Hasher};
+use std::sync::{Mutex, MutexGuard};
+
 use super::{XenstoreToolstack, libxl_path};
 use crate::apply::toolstack::{backend_path, frontend_path};
 use crate::xs_client::{Change, XsError};
 
-/// Taken while a detach removes the directories it left empty.
-static PARENTS_CLEANUP: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// Taken while a detach removes a directory it left empty: one lock for
+/// the paths that hash alike, so that detaches emptying different guests'
+/// directories do not wait for each other.
+static CLEANUP: [Mutex<()>; 16] = [const { Mutex::new(()) }; 16];
+
+/// This process's turn to remove `path`.
+fn turn(path: &str) -> MutexGuard<'static, ()> {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    path.hash(&mut hasher);
+    let stripe = (hasher.finish() % CLEANUP.len() as u64) as usize;
+    CLEANUP[stripe]
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 impl XenstoreToolstack {
     /// libxl's `libxl__device_destroy`: the frontend (unless it now names
@@ -60,13 +75,12 @@ impl XenstoreToolstack {
             if !self.looks_empty(at)? {
                 break;
             }
-            // One at a time in this process, and a second look once it is
-            // this one's turn: the detaches that empty a directory together
-            // would otherwise each find it empty and try to remove it, and
-            // all but one would fail at commit and try again.
-            let _turn = PARENTS_CLEANUP
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            // One at a time in this process for this path, and a second
+            // look once it is this one's turn: the detaches that empty a
+            // directory together would otherwise each find it empty and
+            // try to remove it, and all but one would fail at commit and
+            // try again.
+            let _turn = turn(at);
             if !self.looks_empty(at)? {
                 break;
             }
