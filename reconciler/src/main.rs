@@ -191,6 +191,10 @@ enum Command {
         /// Delay every reply by this many milliseconds.
         #[arg(long, value_name = "MS", default_value_t = 0)]
         reply_delay: u64,
+        /// How long the simulated hotplug script takes to bring a disk up, in milliseconds (a
+        /// real one takes from tens of milliseconds to seconds).
+        #[arg(long, value_name = "MS", default_value_t = 0)]
+        hotplug_delay: u64,
         /// Fail a commit if anything at all changed since its transaction began (xenstored
         /// fails it only when a node it used changed).
         #[arg(long)]
@@ -475,6 +479,7 @@ fn run_command(
             drop_after,
             eagain_on_commit,
             reply_delay,
+            hotplug_delay,
             strict_transactions,
             no_drivers,
             no_blkfront,
@@ -482,6 +487,7 @@ fn run_command(
             let drivers = (!no_drivers).then(|| xendisk::sim::Drivers {
                 host: ops::host_view(&cli.host_root),
                 without_blkfront: no_blkfront.into_iter().collect(),
+                hotplug_delay: Duration::from_millis(hotplug_delay),
             });
             let options = ops::SimOptions {
                 socket,

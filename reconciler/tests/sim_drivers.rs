@@ -76,10 +76,16 @@ struct Host {
 
 impl Host {
     fn start(store: Store, without_blkfront: &[u32]) -> Host {
+        Host::start_with(store, without_blkfront, Duration::ZERO)
+    }
+
+    /// A host whose hotplug step takes `hotplug_delay`.
+    fn start_with(store: Store, without_blkfront: &[u32], hotplug_delay: Duration) -> Host {
         let dir = tempfile::tempdir().unwrap();
         let drivers = Drivers {
             host: host_view(dir.path()),
             without_blkfront: without_blkfront.iter().copied().collect(),
+            hotplug_delay,
         };
         let guests = GuestPolicy {
             close_delay: Duration::from_millis(5),
@@ -98,6 +104,10 @@ impl Host {
 
     /// Guests 4 and 5, each its own VM, with libxl's permissions.
     fn two_guests(without_blkfront: &[u32]) -> Host {
+        Host::two_guests_with(without_blkfront, Duration::ZERO)
+    }
+
+    fn two_guests_with(without_blkfront: &[u32], hotplug_delay: Duration) -> Host {
         let mut store = Store::default();
         for (path, value) in [
             ("/local/domain/0/name", "Domain-0"),
@@ -109,7 +119,7 @@ impl Host {
             store.write(path, value.as_bytes()).unwrap();
         }
         xendisk::sim::perms::assume_as_on_a_xen_host(&mut store);
-        Host::start(store, without_blkfront)
+        Host::start_with(store, without_blkfront, hotplug_delay)
     }
 
     fn toolstack(&self) -> XenstoreToolstack {
@@ -438,6 +448,40 @@ fn a_connected_disk_is_detached_through_its_guest() {
         })
         .unwrap();
     assert_undone(&host, 4);
+}
+
+/// A hotplug script that takes its time (a real one takes from tens of
+/// milliseconds to seconds): the attach waits for it and ends connected,
+/// and two disks brought up at once each get their own loop device.
+#[test]
+fn a_slow_hotplug_step_is_waited_for() {
+    let host = Host::two_guests_with(&[], Duration::from_millis(50));
+    std::fs::write(host.dir.path().join("a.img"), vec![0; 4096]).unwrap();
+    std::fs::write(host.dir.path().join("b.img"), vec![0; 4096]).unwrap();
+    std::thread::scope(|scope| {
+        for (domid, image) in [(4, "/a.img"), (5, "/b.img")] {
+            let host = &host;
+            scope.spawn(move || {
+                host.toolstack()
+                    .attach(&request(domid, image, Mode::Read))
+                    .unwrap();
+            });
+        }
+    });
+    for domid in [4, 5] {
+        assert_eq!(
+            host.read(&format!("{}/state", frontend(domid))).unwrap(),
+            "4"
+        );
+    }
+    let devices: std::collections::BTreeSet<String> = [4, 5]
+        .iter()
+        .map(|domid| {
+            host.read(&format!("{}/physical-device", backend(*domid)))
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(devices.len(), 2, "{devices:?}");
 }
 
 /// The nodes as the xenstore toolstack wrote them before it followed

@@ -72,6 +72,7 @@ pub fn apply(options: &ApplyOptions, console: &mut Console<'_>) -> anyhow::Resul
             "An earlier apply was interrupted; this one finishes its work."
         )?;
     }
+    tidy_interrupted_attaches(options)?;
     let fingerprint = crate::plan::fingerprint(&state, &host);
     // The desired state (the file's, or the one a saved plan carries): a
     // fresh plan against it after the apply must find nothing left to do.
@@ -223,6 +224,37 @@ pub fn apply(options: &ApplyOptions, console: &mut Console<'_>) -> anyhow::Resul
             Ok(Exit::Error)
         }
     }
+}
+
+/// What attaches stopped by a kill may have left half made: the xenstore
+/// toolstack makes a disk's directories before the transaction that fills
+/// them, and empty ones are no disk a plan sees. Every time, not only
+/// after the run that closed them: that one may have been stopped too.
+fn tidy_interrupted_attaches(options: &ApplyOptions) -> anyhow::Result<()> {
+    let attaches: Vec<(u32, u32)> = StateDb::open(&options.actual.state)?
+        .interrupted_steps()?
+        .iter()
+        .filter_map(|op| match serde_json::from_str(op) {
+            Ok(Op::Attach { domid, devid, .. }) => Some((domid, devid)),
+            _ => None,
+        })
+        .collect();
+    if attaches.is_empty() {
+        return Ok(());
+    }
+    let mut toolstack = toolstack::XenstoreToolstack::connect(
+        options.hotplug.clone(),
+        options.release_timeout,
+        options.force_detach,
+    )?;
+    for (domid, devid) in attaches {
+        toolstack
+            .tidy_interrupted_attach(domid, devid)
+            .with_context(|| {
+                format!("cannot take away what an interrupted attach left of domain {domid} device {devid}")
+            })?;
+    }
+    Ok(())
 }
 
 /// The time the journal records: pinned when the caller pinned it.

@@ -89,7 +89,7 @@ impl SimulatedHost {
         // the host it was captured from does not connect here.
         let drivers = sim::Drivers {
             host: super::host_view(dir),
-            without_blkfront: Default::default(),
+            ..sim::Drivers::default()
         };
         let simulator = sim::Simulator::start_with_drivers(
             &socket,

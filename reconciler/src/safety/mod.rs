@@ -268,10 +268,19 @@ pub fn check_clashes(
 }
 
 /// Why these two may not share an area, if they may not.
-fn forbidden(level: Sharing, a: &Holder, b: &Holder) -> Option<(ConflictKind, String)> {
-    if built_on_each_other(a, b) {
-        return None;
-    }
+fn forbidden(level: Sharing, a: &Holder, b: &Holder) -> Option<(ConflictKind, &'static str)> {
+    // The rule on owners and modes first: it reads only the holders' own
+    // fields, while whether one is built on the other walks their layers.
+    let rule = forbidden_by_rule(level, a, b)?;
+    (!built_on_each_other(a, b)).then_some(rule)
+}
+
+/// [`forbidden`], but for holders built on each other.
+fn forbidden_by_rule(
+    level: Sharing,
+    a: &Holder,
+    b: &Holder,
+) -> Option<(ConflictKind, &'static str)> {
     if a.owner == Owner::Domain0 && b.owner == Owner::Domain0 {
         return None;
     }
@@ -279,17 +288,17 @@ fn forbidden(level: Sharing, a: &Holder, b: &Holder) -> Option<(ConflictKind, St
         return Some((
             ConflictKind::Xendisk,
             "xendisk writes these sectors: a pool device, its vdisks and its scrubs share them \
-             with nothing else, at any sharing level"
-                .into(),
+             with nothing else, at any sharing level",
         ));
     }
-    let writers: Vec<&Holder> = [a, b].into_iter().filter(|h| h.writable).collect();
-    if writers.is_empty() || writers.iter().all(|h| h.accepts_sharing) {
+    let writers = usize::from(a.writable) + usize::from(b.writable);
+    let all_accept = (!a.writable || a.accepts_sharing) && (!b.writable || b.accepts_sharing);
+    if writers == 0 || all_accept {
         return None;
     }
     let reason = match level {
         Sharing::Unsafe => return None,
-        Sharing::SingleWriter if writers.len() == 1 => return None,
+        Sharing::SingleWriter if writers == 1 => return None,
         Sharing::SingleWriter => {
             "single-writer allows one writer at a time; use w! on both to accept sharing"
         }
@@ -297,7 +306,7 @@ fn forbidden(level: Sharing, a: &Holder, b: &Holder) -> Option<(ConflictKind, St
             "exclusive allows sharing only between readers; use w! on the writer to accept it"
         }
     };
-    Some((ConflictKind::Sharing, reason.into()))
+    Some((ConflictKind::Sharing, reason))
 }
 
 fn built_on_each_other(a: &Holder, b: &Holder) -> bool {

@@ -65,41 +65,123 @@ pub fn meet(a: &Area, b: &Area) -> bool {
     }
 }
 
-/// Every pair of holders that would conflict if present together.
-pub fn clashes(holders: &[Holder], level: Sharing) -> Vec<Clash> {
-    let mut intervals: Vec<(Key<'_>, u64, u64, usize)> = Vec::new();
-    let mut unknown: Vec<usize> = Vec::new();
-    for (index, holder) in holders.iter().enumerate() {
-        for area in &holder.areas {
-            match span(area) {
-                Some((key, start, stop)) => intervals.push((key, start, stop, index)),
-                None if matches!(area, Area::Unknown(_)) => unknown.push(index),
-                None => {} // empty
+/// Every interval to sweep, sorted as `(place, start, stop, holder)` sorts
+/// but on integer keys: the sort is most of the sweep's time, and tuples
+/// holding a [`Key`] compare through its variants at every step. Disks come
+/// first (by device number), then files by identity, then files by path,
+/// which is [`Key`]'s order, so the sweep meets every pair in the same
+/// order as over one list sorted by [`Key`].
+#[derive(Default)]
+struct Sorted<'a> {
+    /// `(device << 64 | start, stop, holder)`.
+    disks: Vec<(u128, u64, usize)>,
+    /// `((device << 64 | inode), start, stop, holder)`.
+    inodes: Vec<(u128, u64, u64, usize)>,
+    /// Files known by path alone: few, so kept with their text.
+    paths: Vec<(&'a str, u64, u64, usize)>,
+    /// Holders with an area that could not be resolved.
+    unknown: Vec<usize>,
+}
+
+/// A device number as one integer ordered as [`DevNum`] is.
+fn pack(device: DevNum) -> u64 {
+    (u64::from(device.major) << 32) | u64::from(device.minor)
+}
+
+fn unpack(packed: u64) -> DevNum {
+    DevNum::new((packed >> 32) as u32, packed as u32)
+}
+
+impl<'a> Sorted<'a> {
+    fn of(holders: &'a [Holder]) -> Sorted<'a> {
+        let mut sorted = Sorted {
+            disks: Vec::with_capacity(holders.iter().map(|h| h.areas.len()).sum()),
+            ..Sorted::default()
+        };
+        for (index, holder) in holders.iter().enumerate() {
+            for area in &holder.areas {
+                match span(area) {
+                    Some((Key::Disk(device), start, stop)) => sorted.disks.push((
+                        (u128::from(pack(device)) << 64) | u128::from(start),
+                        stop,
+                        index,
+                    )),
+                    Some((Key::Inode(dev, ino), start, stop)) => sorted.inodes.push((
+                        (u128::from(pack(dev)) << 64) | u128::from(ino),
+                        start,
+                        stop,
+                        index,
+                    )),
+                    Some((Key::Path(path), start, stop)) => {
+                        sorted.paths.push((path, start, stop, index))
+                    }
+                    None if matches!(area, Area::Unknown(_)) => sorted.unknown.push(index),
+                    None => {} // empty
+                }
             }
         }
+        sorted.disks.sort_unstable();
+        sorted.inodes.sort_unstable();
+        sorted.paths.sort_unstable();
+        sorted
     }
-    intervals.sort_unstable();
+
+    /// The intervals in sweep order, each with its place.
+    fn intervals(&self) -> impl Iterator<Item = (Key<'a>, u64, u64, usize)> + '_ {
+        let disks = self.disks.iter().map(|&(key, stop, index)| {
+            (
+                Key::Disk(unpack((key >> 64) as u64)),
+                key as u64,
+                stop,
+                index,
+            )
+        });
+        let inodes = self.inodes.iter().map(|&(key, start, stop, index)| {
+            (
+                Key::Inode(unpack((key >> 64) as u64), key as u64),
+                start,
+                stop,
+                index,
+            )
+        });
+        let paths = self
+            .paths
+            .iter()
+            .map(|&(path, start, stop, index)| (Key::Path(path), start, stop, index));
+        disks.chain(inodes).chain(paths)
+    }
+}
+
+/// Every pair of holders that would conflict if present together.
+pub fn clashes(holders: &[Holder], level: Sharing) -> Vec<Clash> {
+    let sorted = Sorted::of(holders);
+    let unknown = &sorted.unknown;
 
     let mut found: Vec<Clash> = Vec::new();
     let mut seen: HashSet<(usize, usize)> = HashSet::new();
     // Intervals still open at the sweep position, on the current key.
     let mut active: Vec<(u64, u64, usize)> = Vec::new();
     let mut current: Option<Key<'_>> = None;
-    for &(key, start, stop, index) in &intervals {
+    for (key, start, stop, index) in sorted.intervals() {
         if current != Some(key) {
             active.clear();
             current = Some(key);
         }
         active.retain(|&(_, other_stop, _)| other_stop > start);
         for &(other_start, other_stop, other) in &active {
-            let pair = (other.min(index), other.max(index));
-            if other == index || seen.contains(&pair) {
+            if other == index {
                 continue;
             }
+            let pair = (other.min(index), other.max(index));
+            // Whether they may share first: most overlaps are allowed (a
+            // vdisk on its pool device), and the rule is cheaper than a
+            // lookup among the pairs found.
             let Some((kind, reason)) = forbidden(level, &holders[pair.0], &holders[pair.1]) else {
                 continue;
             };
-            seen.insert(pair);
+            if !seen.insert(pair) {
+                continue;
+            }
             let area = match key {
                 Key::Disk(device) => format!(
                     "{device} sectors {}..{}",
@@ -127,7 +209,7 @@ pub fn clashes(holders: &[Holder], level: Sharing) -> Vec<Clash> {
                 second: pair.1,
                 area,
                 kind,
-                reason,
+                reason: reason.to_owned(),
             });
         }
         active.push((start, stop, index));
@@ -137,7 +219,7 @@ pub fn clashes(holders: &[Holder], level: Sharing) -> Vec<Clash> {
         let writers: Vec<usize> = (0..holders.len())
             .filter(|i| writes_during_plan(&holders[*i]))
             .collect();
-        for &u in &unknown {
+        for &u in unknown {
             for &w in &writers {
                 let pair = (u.min(w), u.max(w));
                 if u == w || seen.contains(&pair) {

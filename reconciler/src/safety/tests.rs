@@ -1,5 +1,6 @@
 use super::*;
 use crate::extent::{DevNum, SectorRange};
+use proptest::prelude::*;
 
 fn sectors(start: u64, count: u64) -> Area {
     Area::Sectors(SectorRange {
@@ -265,4 +266,136 @@ fn existing_conflicts_the_plan_does_not_cause_are_only_reported() {
     let report = check(&[a, b], &deps(1, &[]), Sharing::Exclusive);
     assert!(report.conflicts.is_empty());
     assert_eq!(report.existing.len(), 1);
+}
+
+/// A random area: sectors of one of two disks, a window of one of two
+/// files by identity, a file by path, an unresolved one, or an empty one;
+/// ranges small enough to meet often, and some reaching the end of the
+/// number range.
+fn any_area() -> impl Strategy<Value = Area> {
+    let range = (0u64..60, 0u64..30).prop_map(|(start, sectors)| (start, sectors));
+    prop_oneof![
+        4 => (0u32..2, range.clone()).prop_map(|(minor, (start, sectors))| {
+            Area::Sectors(SectorRange {
+                device: DevNum::new(8, minor),
+                start,
+                sectors,
+            })
+        }),
+        1 => Just(Area::Sectors(SectorRange {
+            device: DevNum::new(8, 1),
+            start: u64::MAX - 10,
+            sectors: 10,
+        })),
+        2 => (0u64..2, range).prop_map(|(ino, (start, sectors))| Area::Inode {
+            dev: DevNum::new(254, 0),
+            ino,
+            start,
+            sectors,
+            path: format!("/srv/{ino}.img"),
+        }),
+        1 => (0u8..2).prop_map(|n| Area::Path(format!("/srv/new{n}.img"))),
+        1 => Just(Area::Unknown("/dev/gone".into())),
+    ]
+}
+
+fn any_layer() -> impl Strategy<Value = Layer> {
+    prop_oneof![
+        (0u32..2).prop_map(|minor| Layer::PoolDevice(DevNum::new(8, minor))),
+        (0u8..3).prop_map(|n| Layer::Vdisk(format!("v{n}"))),
+        (0u32..2).prop_map(|minor| Layer::Device(DevNum::new(253, minor))),
+    ]
+}
+
+fn any_holder() -> impl Strategy<Value = Holder> {
+    let owner = prop_oneof![
+        Just(Owner::Domain0),
+        Just(Owner::Guest),
+        Just(Owner::Xendisk)
+    ];
+    (
+        owner,
+        any::<bool>(),
+        any::<bool>(),
+        proptest::collection::vec(any_area(), 0..4),
+        proptest::option::of(any_layer()),
+        proptest::collection::vec(any_layer(), 0..3),
+        proptest::option::of(1usize..4),
+    )
+        .prop_map(
+            |(owner, writable, accepts_sharing, areas, is, on, added_by)| Holder {
+                name: String::new(),
+                owner,
+                writable,
+                accepts_sharing,
+                areas,
+                is,
+                on,
+                added_by,
+                removed_by: None,
+            },
+        )
+}
+
+/// Every pair compared with every other, by the sweep's rules: the
+/// reference. `(first, second, kind, reason)`, sorted.
+fn pairwise(holders: &[Holder], level: Sharing) -> Vec<(usize, usize, ConflictKind, String)> {
+    let unknown = |h: &Holder| h.areas.iter().any(|a| matches!(a, Area::Unknown(_)));
+    let resolved = |h: &Holder| {
+        h.areas
+            .iter()
+            .filter(|a| !matches!(a, Area::Unknown(_)))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let mut found = Vec::new();
+    for i in 0..holders.len() {
+        for j in i + 1..holders.len() {
+            let (a, b) = (&holders[i], &holders[j]);
+            let overlap = resolved(a)
+                .iter()
+                .any(|x| resolved(b).iter().any(|y| meet(x, y)));
+            let clash = overlap
+                .then(|| forbidden(level, a, b))
+                .flatten()
+                .map(|(kind, reason)| (kind, reason.to_owned()))
+                .or_else(|| {
+                    (unknown(a) && writes_during_plan(b))
+                        .then(|| meets_unknown(a, b))
+                        .flatten()
+                })
+                .or_else(|| {
+                    (unknown(b) && writes_during_plan(a))
+                        .then(|| meets_unknown(b, a))
+                        .flatten()
+                });
+            if let Some((kind, reason)) = clash {
+                found.push((i, j, kind, reason));
+            }
+        }
+    }
+    found.sort_by_key(|x| (x.0, x.1));
+    found
+}
+
+proptest! {
+    /// On random holders (few disks and files, areas that often meet,
+    /// every kind of owner and layer), the sweep finds exactly the pairs
+    /// that comparing every pair finds, each once.
+    #[test]
+    fn the_sweep_finds_what_pairwise_comparison_finds(
+        holders in proptest::collection::vec(any_holder(), 0..12),
+        level in prop_oneof![
+            Just(Sharing::Exclusive),
+            Just(Sharing::SingleWriter),
+            Just(Sharing::Unsafe)
+        ],
+    ) {
+        let mut swept: Vec<(usize, usize, ConflictKind, String)> = clashes(&holders, level)
+            .into_iter()
+            .map(|c| (c.first, c.second, c.kind, c.reason))
+            .collect();
+        swept.sort_by_key(|x| (x.0, x.1));
+        prop_assert_eq!(swept, pairwise(&holders, level));
+    }
 }

@@ -15,7 +15,9 @@
 //!    = "ERRNO message"`, state Closing); it writes its feature nodes and
 //!    goes to InitWait (2).
 //! 2. the hotplug step runs for a backend in InitWait that names a `block`
-//!    script and has no `hotplug-status` yet.
+//!    script and has no `hotplug-status` yet: at once, or, given a
+//!    [`Drivers::hotplug_delay`], that long after (a real script takes from
+//!    tens of milliseconds to seconds), while other commits go on.
 //! 3. blkfront, in a guest with the driver, sees its frontend Initialising
 //!    and its backend in InitWait: it writes its ring, event channel,
 //!    protocol and `feature-persistent`, and goes to Initialised (3). It
@@ -29,6 +31,7 @@
 //! Closing stays with the simulated guests (`GuestPolicy`).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use super::hotplug::{self, HostView};
 use super::perms::{self, Access};
@@ -42,6 +45,9 @@ pub struct Drivers {
     pub host: HostView,
     /// Guests without a blkfront driver: their frontends never connect.
     pub without_blkfront: BTreeSet<u32>,
+    /// How long the hotplug step takes; zero runs it within the commit
+    /// that brought the backend to InitWait.
+    pub hotplug_delay: Duration,
 }
 
 /// One write a driver makes, as the domain it runs in.
@@ -53,13 +59,18 @@ pub struct Action {
 }
 
 /// What the drivers remember between commits: the next event channel and
-/// grant reference a guest hands out.
+/// grant reference a guest hands out, and the hotplug steps under way.
 #[derive(Debug, Clone)]
 pub struct Memory {
     next_port: u32,
     /// What the block script reads of every backend, kept as the store
     /// changes ([`Memory::changed`]).
     vbds: VbdIndex,
+    /// Backends whose delayed hotplug step has started and not yet run.
+    hotplug_running: BTreeSet<String>,
+    /// Of those, the ones started by the last [`react`]: the simulator
+    /// runs each after [`Drivers::hotplug_delay`] ([`hotplug_now`]).
+    pub hotplug_started: Vec<String>,
 }
 
 impl Memory {
@@ -68,6 +79,8 @@ impl Memory {
         Memory {
             next_port: 8,
             vbds: VbdIndex::of(store),
+            hotplug_running: BTreeSet::new(),
+            hotplug_started: Vec::new(),
         }
     }
 
@@ -168,14 +181,17 @@ fn step(store: &Store, drivers: &Drivers, backend: &str, memory: &mut Memory) ->
     match state.as_str() {
         INITIALISING => return dom0(probe(store, backend)),
         INIT_WAIT => {
-            let script = read(store, &at("script")).unwrap_or_default();
-            if script.rsplit('/').next() == Some("block") && !store.exists(&at("hotplug-status")) {
-                actions.extend(dom0(hotplug::add(
-                    store,
-                    &memory.vbds,
-                    &drivers.host,
-                    backend,
-                )));
+            if hotplug_due(store, backend) {
+                if drivers.hotplug_delay.is_zero() {
+                    actions.extend(dom0(hotplug::add(
+                        store,
+                        &memory.vbds,
+                        &drivers.host,
+                        backend,
+                    )));
+                } else if memory.hotplug_running.insert(backend.to_owned()) {
+                    memory.hotplug_started.push(backend.to_owned());
+                }
             }
             if store.exists(&at("physical-device")) {
                 actions.extend(dom0(connect(store, &drivers.host, backend)));
@@ -185,6 +201,37 @@ fn step(store: &Store, drivers: &Drivers, backend: &str, memory: &mut Memory) ->
     }
     actions.extend(blkfront(store, drivers, backend, memory));
     actions
+}
+
+/// Whether the hotplug step is to run for `backend`: in InitWait, naming
+/// the `block` script, not run yet.
+fn hotplug_due(store: &Store, backend: &str) -> bool {
+    let at = |leaf: &str| format!("{backend}/{leaf}");
+    read(store, &at("state")).as_deref() == Some(INIT_WAIT)
+        && read(store, &at("script")).is_some_and(|s| s.rsplit('/').next() == Some("block"))
+        && !store.exists(&at("hotplug-status"))
+}
+
+/// A delayed hotplug step, once its time has come: its writes, if the
+/// backend still waits for it (it may have gone meanwhile).
+pub fn hotplug_now(
+    store: &Store,
+    drivers: &Drivers,
+    backend: &str,
+    memory: &mut Memory,
+) -> Vec<Action> {
+    memory.hotplug_running.remove(backend);
+    if !hotplug_due(store, backend) {
+        return Vec::new();
+    }
+    hotplug::add(store, &memory.vbds, &drivers.host, backend)
+        .into_iter()
+        .map(|(path, value)| Action {
+            domid: 0,
+            path,
+            value,
+        })
+        .collect()
 }
 
 /// `xenbus_dev_fatal`: the error under dom0's `error/`, then Closing.

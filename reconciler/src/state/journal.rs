@@ -170,6 +170,29 @@ impl StateDb {
         })
     }
 
+    /// The operations (as journaled, JSON) of the steps that interrupted
+    /// runs were in when they were stopped: what may be half done. Kept
+    /// however old, so that a run stopped again before it finished what
+    /// an earlier one left is no loss.
+    pub fn interrupted_steps(&self) -> Result<Vec<String>, StateError> {
+        let error = self.sqlite_error("reading the journal");
+        let mut statement = self
+            .connection
+            .prepare(
+                "SELECT journal.op FROM journal JOIN runs ON runs.id = journal.run_id
+                 WHERE runs.status = 'interrupted' AND journal.status = 'failed'
+                   AND journal.error LIKE 'interrupted:%'
+                 ORDER BY journal.run_id, journal.step",
+            )
+            .map_err(&error)?;
+        let ops = statement
+            .query_map([], |row| row.get::<_, String>(0))
+            .map_err(&error)?
+            .collect::<Result<_, _>>()
+            .map_err(&error)?;
+        Ok(ops)
+    }
+
     /// The most recent runs, newest first, with their steps.
     pub fn runs(&self, limit: usize) -> Result<Vec<RunRecord>, StateError> {
         let error = self.sqlite_error("reading the journal");

@@ -235,7 +235,10 @@ fn is_closing(online: Option<&str>, state: Option<&str>) -> bool {
 }
 
 /// What holds `devid` of `domid`, under any block backend kind: two round
-/// trips at most, each asking all it needs at once.
+/// trips at most, each asking all it needs at once. A backend directory
+/// with none of `params`, `online` and `state` is nothing yet: the
+/// xenstore toolstack makes its directories empty before the transaction
+/// that fills them.
 fn existing_attachment(
     client: &mut XsClient,
     tx: Tx,
@@ -247,23 +250,32 @@ fn existing_attachment(
         .map(|kind| backend_path(kind, domid, devid))
         .collect();
     let found = client.read_many(tx, &paths)?;
-    let Some((kind, path)) = BLOCK_BACKENDS
+    let present: Vec<(&'static str, String)> = BLOCK_BACKENDS
         .into_iter()
         .zip(paths)
         .zip(found)
-        .find_map(|(at, value)| value.map(|_| at))
-    else {
+        .filter_map(|(at, value)| value.map(|_| at))
+        .collect();
+    if present.is_empty() {
         return Ok(None);
-    };
-    let leaves = ["params", "online", "state"].map(|leaf| format!("{path}/{leaf}"));
-    let [params, online, state]: [Option<String>; 3] = client
-        .read_many(tx, &leaves)?
-        .try_into()
-        .unwrap_or_default();
-    Ok(Some(Existing {
-        kind,
-        path,
-        params: params.unwrap_or_default(),
-        closing: is_closing(online.as_deref(), state.as_deref()),
-    }))
+    }
+    const LEAVES: [&str; 3] = ["params", "online", "state"];
+    let leaves: Vec<String> = present
+        .iter()
+        .flat_map(|(_, path)| LEAVES.map(|leaf| format!("{path}/{leaf}")))
+        .collect();
+    let values = client.read_many(tx, &leaves)?;
+    for ((kind, path), values) in present.into_iter().zip(values.chunks(LEAVES.len())) {
+        let [params, online, state] = [0, 1, 2].map(|i| values.get(i).cloned().flatten());
+        if params.is_none() && online.is_none() && state.is_none() {
+            continue;
+        }
+        return Ok(Some(Existing {
+            kind,
+            path,
+            params: params.unwrap_or_default(),
+            closing: is_closing(online.as_deref(), state.as_deref()),
+        }));
+    }
+    Ok(None)
 }

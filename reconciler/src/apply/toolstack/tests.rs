@@ -294,3 +294,35 @@ fn xl_detach_is_checked_in_xenstore_afterwards() {
         recorded(&log)
     );
 }
+
+#[test]
+fn what_an_interrupted_attach_left_empty_is_taken_away_and_nothing_else() {
+    // Guest 4 holds a vbd at xvda; an attach of xvdb (51728) was stopped
+    // after making its directories, before filling them.
+    let setup = setup(&["vbd"], "/dev/sdc", &[]);
+    let xvdb = 51728;
+    let mut client = setup.client();
+    for directory in [
+        format!("/libxl/4/device/vbd/{xvdb}"),
+        frontend_path(4, xvdb),
+        backend_path("vbd", 4, xvdb),
+    ] {
+        client.mkdir(0, &directory).unwrap();
+    }
+    let mut toolstack = setup.xenstore(Duration::from_secs(5), false);
+    toolstack.tidy_interrupted_attach(4, xvdb).unwrap();
+    // Asked of a disk that is there, it leaves it as it is.
+    toolstack.tidy_interrupted_attach(4, XVDA).unwrap();
+    for gone in [
+        "/libxl".to_owned(),
+        frontend_path(4, xvdb),
+        backend_path("vbd", 4, xvdb),
+    ] {
+        assert!(!setup.exists(&gone), "{gone}");
+    }
+    assert_eq!(
+        setup.read(&format!("{}/params", backend_path("vbd", 4, XVDA))),
+        "/dev/sdc"
+    );
+    assert!(setup.exists(&format!("{}/state", frontend_path(4, XVDA))));
+}

@@ -6,10 +6,14 @@
 //! hotplug script has run for it.
 //!
 //! An attach, on a real dom0:
-//! 1. in one transaction: libxl's record `/libxl/<domid>/device/vbd/<devid>`,
-//!    the frontend directory (the guest's, dom0 may read) with its
-//!    permissions set before its leaves, the backend directory (dom0's,
-//!    the guest may read) likewise, so every leaf inherits them;
+//! 1. the three directories, empty, outside any transaction (so that
+//!    attaches to one guest running at once do not conflict over its list
+//!    of disks; an apply stopped right after leaves them empty, and the
+//!    next one takes them away: `ops::apply`); then in one transaction
+//!    their contents: libxl's record `/libxl/<domid>/device/vbd/<devid>`,
+//!    the frontend (the guest's, dom0 may read) with its permissions set
+//!    before its leaves, the backend (dom0's, the guest may read) likewise,
+//!    so every leaf inherits them;
 //! 2. wait for blkback to take the backend up (InitWait);
 //! 3. run the hotplug script (`add`), which checks sharing, opens the
 //!    device and writes `physical-device`; blkback then connects to the
@@ -20,8 +24,9 @@
 //!
 //! A detach asks the backend to close, waits for the guest, runs the
 //! script's `remove` (which releases a loop device it made), and removes
-//! the frontend, the backend and libxl's record, with the directories that
-//! were left empty.
+//! the frontend, the backend and libxl's record (each removal atomic by
+//! itself, outside a transaction, for the same reason), then the
+//! directories that were left empty.
 //!
 //! On a simulated host whose simulator plays the drivers
 //! ([`BackendHost::SimulatedHotplug`], a `--sim` host) the same waits
@@ -47,7 +52,9 @@ use super::{
     backend_path, detach_kind, existing_attachment, frontend_path, vanished,
 };
 use crate::desired::Mode;
-use crate::xs_client::{Change, Tx, XsClient, XsError};
+
+mod remove;
+use crate::xs_client::{Change, XsClient, XsError};
 
 /// XenbusState InitWait: blkback has read the backend and waits for
 /// `physical-device`.
@@ -291,26 +298,6 @@ impl XenstoreToolstack {
         }
     }
 
-    /// libxl's `libxl__device_destroy`: the frontend (unless it now names
-    /// another backend), libxl's record and the backend, each with the
-    /// directories above it that are left empty.
-    fn destroy(&mut self, kind: &str, domid: u32, devid: u32) -> Result<(), XsError> {
-        let backend = backend_path(kind, domid, devid);
-        let frontend = frontend_path(domid, devid);
-        let record = libxl_path(domid, devid);
-        self.client.transaction("remove attachment", |client, tx| {
-            let owner = client.read(tx, &format!("{frontend}/backend"))?;
-            if owner.is_none_or(|owner| owner == backend) {
-                path_cleanup(client, tx, &frontend)?;
-            }
-            let recorded = client.read(tx, &format!("{record}/backend"))?;
-            if recorded.is_none_or(|recorded| recorded == backend) {
-                path_cleanup(client, tx, &record)?;
-            }
-            path_cleanup(client, tx, &backend)
-        })
-    }
-
     /// Waits until the backend is Closed (its guest closed the frontend and
     /// the backend driver followed) or gone.
     fn wait_for_release(
@@ -337,26 +324,6 @@ impl XenstoreToolstack {
             state: frontend_state,
         })
     }
-}
-
-/// libxl's `libxl__xs_path_cleanup`: removes `path`, then each parent
-/// that is left an empty directory with an empty value.
-fn path_cleanup(client: &mut XsClient, tx: Tx, path: &str) -> Result<(), XsError> {
-    client.rm(tx, path)?;
-    let mut parent = path;
-    while let Some((above, _)) = parent.rsplit_once('/') {
-        if above.is_empty() {
-            break;
-        }
-        parent = above;
-        let empty_value = client.read(tx, parent)?.is_some_and(|v| v.is_empty());
-        let no_children = client.directory(tx, parent)?.is_some_and(|c| c.is_empty());
-        if !(empty_value && no_children) {
-            break;
-        }
-        client.rm(tx, parent)?;
-    }
-    Ok(())
 }
 
 /// The backend's nodes, in libxl's order. The mode is `w!` where sharing
@@ -420,6 +387,18 @@ impl Toolstack for XenstoreToolstack {
         let script = scripts.join("block").to_string_lossy().into_owned();
         let what = format!("attach {} {}", request.domain, request.vdev);
         let domid = request.domid;
+        let directories = [record.clone(), frontend.clone(), backend.clone()];
+        // The three directories first, outside any transaction. Made in
+        // the transaction, each would add a child to its parent, the
+        // guest's list of vbds (or, for its first disk, the list of
+        // guests), which every attach to that guest changes too: at
+        // commit, all but one of those running at once would fail with
+        // EAGAIN and start again, over and over on a slow xenstored. An
+        // empty directory is nothing to blkback or blkfront (they take up
+        // a device whose state is Initialising), and the transaction
+        // fills them in one commit.
+        let made: Vec<Change> = directories.iter().cloned().map(Change::Mkdir).collect();
+        self.client.change_many(0, &made)?;
         let existing = self.client.transaction(&what, |client, tx| {
             if let Some(existing) = existing_attachment(client, tx, domid, request.devid)? {
                 return Ok(Some(existing));
@@ -427,30 +406,29 @@ impl Toolstack for XenstoreToolstack {
             let backend_perms = vec!["n0".to_owned(), format!("r{domid}")];
             let frontend_perms = vec![format!("n{domid}"), "r0".to_owned()];
             let write = |path: String, value: &str| Change::Write(path, value.to_owned());
-            // A record left by a detach that did not finish is replaced.
-            let mut changes = vec![
-                Change::Rm(record.clone()),
+            // What a detach that did not finish left is replaced: its
+            // leaves go (the directories stay, and with them their
+            // parents' lists of children).
+            let mut changes = Vec::new();
+            for directory in &directories {
+                for child in client.directory(tx, directory)?.unwrap_or_default() {
+                    changes.push(Change::Rm(format!("{directory}/{child}")));
+                }
+            }
+            changes.extend([
                 write(format!("{record}/frontend"), &frontend),
                 write(format!("{record}/backend"), &backend),
-            ];
+            ]);
             // Each directory's permissions before its leaves: a leaf takes
             // its directory's when it is made, and the guest must be able
             // to read the backend and write its own frontend.
-            changes.extend([
-                Change::Rm(frontend.clone()),
-                Change::Mkdir(frontend.clone()),
-                Change::SetPerms(frontend.clone(), frontend_perms.clone()),
-            ]);
+            changes.push(Change::SetPerms(frontend.clone(), frontend_perms.clone()));
             for (leaf, value) in frontend_nodes(request, &backend) {
                 let path = format!("{frontend}/{leaf}");
                 changes.push(write(path.clone(), &value));
                 changes.push(Change::SetPerms(path, frontend_perms.clone()));
             }
-            changes.extend([
-                Change::Rm(backend.clone()),
-                Change::Mkdir(backend.clone()),
-                Change::SetPerms(backend.clone(), backend_perms),
-            ]);
+            changes.push(Change::SetPerms(backend.clone(), backend_perms));
             let nodes = backend_nodes(request, &script, &frontend);
             for (leaf, value) in &nodes {
                 changes.push(write(format!("{backend}/{leaf}"), value));
@@ -464,6 +442,13 @@ impl Toolstack for XenstoreToolstack {
             client.change_many(tx, &changes)?;
             Ok(None)
         })?;
+        if existing.is_some() {
+            // Not this attach's to fill: what of the directories above is
+            // empty goes, as if they had never been made.
+            for directory in &directories {
+                self.remove_empty_upwards(directory)?;
+            }
+        }
         match existing {
             None => {}
             // Made already, as this toolstack makes it (by an earlier run

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+mod driven;
 mod transactions;
 
 use super::change::{Change, Op, Touched};
@@ -405,34 +406,7 @@ impl Shared {
     /// made with its rights), until they have nothing more to do.
     fn committed(self: &Arc<Shared>, state: &mut State, changes: &[Change]) {
         self.notify(state, changes);
-        let Some(drivers) = &self.drivers else {
-            return;
-        };
-        let mut changed: Vec<String> = changes.iter().map(|c| c.path.clone()).collect();
-        // Each round is a driver answering the last; a real one ends in a
-        // handful (probe, script, ring, connect, connected).
-        for _ in 0..32 {
-            let actions = drivers::react(&state.store, drivers, &changed, &mut state.drivers);
-            if actions.is_empty() {
-                break;
-            }
-            changed.clear();
-            for action in actions {
-                let op = Op::Write(action.path, action.value.into_bytes());
-                let Ok(ops) = op.as_done_by(&state.store, action.domid) else {
-                    continue;
-                };
-                for op in ops {
-                    let touched = op.touches(&state.store);
-                    if op.apply(&mut state.store).is_ok() {
-                        record(state, touched);
-                        let change = op.change();
-                        self.notify(state, std::slice::from_ref(&change));
-                        changed.push(change.path);
-                    }
-                }
-            }
-        }
+        self.drive(state, changes.iter().map(|c| c.path.clone()).collect());
     }
 
     /// Watch events, and the simulated guests' answer to Closing.
@@ -510,9 +484,16 @@ impl Shared {
             if shared.stopping.load(Ordering::Relaxed) {
                 return;
             }
-            // The guest closes its frontend, then blkback (dom0) follows.
+            // The guest closes its frontend, then blkback (dom0) follows;
+            // unless the backend is no longer Closing: taken away (and
+            // perhaps made again by a new attach) meanwhile, there is
+            // nothing left to answer.
+            let closing = format!("{backend}/state");
             for dir in [frontend, backend] {
                 let mut state = shared.lock();
+                if state.store.read(&closing) != Ok(CLOSING) {
+                    return;
+                }
                 let path = format!("{dir}/state");
                 if state.store.exists(&dir) && state.store.write(&path, CLOSED).is_ok() {
                     record(&mut state, vec![Touched::node(&path)]);
