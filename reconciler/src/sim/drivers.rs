@@ -166,16 +166,6 @@ pub fn react(
 /// What each driver of one vbd does now.
 fn step(store: &Store, drivers: &Drivers, backend: &str, memory: &mut Memory) -> Vec<Action> {
     let at = |leaf: &str| format!("{backend}/{leaf}");
-    let dom0 = |writes: Vec<(String, String)>| -> Vec<Action> {
-        writes
-            .into_iter()
-            .map(|(path, value)| Action {
-                domid: 0,
-                path,
-                value,
-            })
-            .collect()
-    };
     let state = read(store, &at("state")).unwrap_or_default();
     let mut actions = Vec::new();
     match state.as_str() {
@@ -224,7 +214,12 @@ pub fn hotplug_now(
     if !hotplug_due(store, backend) {
         return Vec::new();
     }
-    hotplug::add(store, &memory.vbds, &drivers.host, backend)
+    dom0(hotplug::add(store, &memory.vbds, &drivers.host, backend))
+}
+
+/// Writes dom0 makes (blkback's, the hotplug script's).
+fn dom0(writes: Vec<(String, String)>) -> Vec<Action> {
+    writes
         .into_iter()
         .map(|(path, value)| Action {
             domid: 0,

@@ -292,23 +292,10 @@ fn a_holder_appearing_during_apply_is_seen_before_the_scrub() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(1000));
     // guest2 gets partition 1 from another toolstack, and writes to it.
-    let mut xs = host.xenstore();
-    let base = "/local/domain/0/backend/vbd/5/51712";
-    for (key, value) in [
-        ("frontend", "/local/domain/5/device/vbd/51712"),
-        ("frontend-id", "5"),
-        ("params", p1.as_str()),
-        ("mode", "w"),
-        ("type", "phy"),
-        ("online", "1"),
-        ("state", "4"),
-        ("physical-device", &physical_device(&p1)),
-    ] {
-        xs.write(0, &format!("{base}/{key}"), value).unwrap();
-    }
+    let base = attach_behind_its_back(&host, &p1);
     let marker = Marker::write(&p1, 0, "guest2 data written mid-apply");
     let output = apply.wait_with_output().unwrap();
-    let guest2_still_there = host.simulator.store().exists(base);
+    let guest2_still_there = host.simulator.store().exists(&base);
     assert!(guest2_still_there);
     marker.assert_intact();
     assert_exit(&output, 1);
@@ -317,6 +304,26 @@ fn a_holder_appearing_during_apply_is_seen_before_the_scrub() {
         "{}",
         text(&output)
     );
+}
+
+/// Another toolstack gives `device` rw to guest2 (domid 5) as xvda, one
+/// node at a time; returns the backend's directory.
+fn attach_behind_its_back(host: &Host, device: &str) -> String {
+    let mut xs = host.xenstore();
+    let base = "/local/domain/0/backend/vbd/5/51712";
+    for (key, value) in [
+        ("frontend", "/local/domain/5/device/vbd/51712"),
+        ("frontend-id", "5"),
+        ("params", device),
+        ("mode", "w"),
+        ("type", "phy"),
+        ("online", "1"),
+        ("state", "4"),
+        ("physical-device", &physical_device(device)),
+    ] {
+        xs.write(0, &format!("{base}/{key}"), value).unwrap();
+    }
+    base.to_owned()
 }
 
 /// The look before a write reads only what changed since the last one
@@ -356,20 +363,7 @@ fn a_holder_appearing_after_a_clean_look_is_seen_by_the_next() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
-    let mut xs = host.xenstore();
-    let base = "/local/domain/0/backend/vbd/5/51712";
-    for (key, value) in [
-        ("frontend", "/local/domain/5/device/vbd/51712"),
-        ("frontend-id", "5"),
-        ("params", p2.as_str()),
-        ("mode", "w"),
-        ("type", "phy"),
-        ("online", "1"),
-        ("state", "4"),
-        ("physical-device", &physical_device(&p2)),
-    ] {
-        xs.write(0, &format!("{base}/{key}"), value).unwrap();
-    }
+    attach_behind_its_back(&host, &p2);
     let marker = Marker::write(&p2, 0, "guest2 data written after a clean look");
     let output = apply.wait_with_output().unwrap();
     let log = text(&output);
