@@ -715,3 +715,82 @@ fn a_loop_over_the_partition_made_and_used_mid_apply() {
         assert_refused_mid_apply(&output, &markers);
     }
 }
+
+/// Another toolstack writes the backend with paths relative to its own
+/// domain's home (`backend/vbd/5/51712/params`, as xenstore allows: dom0's
+/// home is /local/domain/0).
+#[test]
+fn a_new_backend_written_with_relative_paths() {
+    let Some(_devices) = loops_available("a_new_backend_written_with_relative_paths") else {
+        return;
+    };
+    attack_xenstore(
+        |_, _| String::new(),
+        "4",
+        |scene| {
+            let mut xs = scene.host.xenstore();
+            for (key, value) in nodes(&scene.p2, "vbd") {
+                xs.write(0, &format!("backend/vbd/5/51712/{key}"), &value)
+                    .unwrap();
+            }
+            assert!(scene.host.simulator.store().exists(GUEST2));
+        },
+    );
+}
+
+/// The pool device is a loop over an image file that guest1 holds at plan
+/// time (let go of after 3 s); mid-apply, another toolstack hands the image
+/// file itself to guest2 (qdisk `params = "aio:<file>"`, and blkback with
+/// `file:`), and guest2 writes into it.
+#[test]
+fn an_image_file_under_a_pool_loop_attached_mid_apply() {
+    let Some(_devices) = loops_available("an_image_file_under_a_pool_loop_attached_mid_apply")
+    else {
+        return;
+    };
+    for (kind, prefix) in [("qdisk", "aio:"), ("vbd", "file:")] {
+        let scratch = Host::new("");
+        let image = scratch.path("pool.img");
+        std::fs::write(&image, vec![0u8; 32 << 20]).unwrap();
+        let image = image.display().to_string();
+        let pool_loop = ExtraLoop::new(&[&image]);
+        let host = Host::with_close_delay(
+            &backend("vbd", 4, 51728, &pool_loop.0, "w", &[]),
+            Duration::from_secs(3),
+        );
+        assert_exit(&host.run(&["init"]), 0);
+        let desired = format!(
+            "{}{}",
+            pool_and_vdisk("exclusive", &pool_loop.0, "8MiB"),
+            disks("guest1", &[])
+        );
+        let file = host.file("desired.toml", &desired);
+        let apply = host
+            .command(&["apply", &file, "--yes", "--parallelism", "4", "-v"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        let mut xs = host.xenstore();
+        let base = format!("/local/domain/0/backend/{kind}/5/51712");
+        for (key, value) in [
+            ("frontend", "/local/domain/5/device/vbd/51712"),
+            ("frontend-id", "5"),
+            ("params", &format!("{prefix}{image}")),
+            ("mode", "w"),
+            ("type", kind),
+            ("online", "1"),
+            ("state", "4"),
+        ] {
+            xs.write(0, &format!("{base}/{key}"), value).unwrap();
+        }
+        let markers = vec![
+            Marker::write(&image, 0, "guest2 data in the image"),
+            Marker::write(&image, 4 << 20, "more guest2 data in the image"),
+        ];
+        let output = apply.wait_with_output().unwrap();
+        drop(pool_loop);
+        assert_refused_mid_apply(&output, &markers);
+    }
+}
