@@ -381,7 +381,7 @@ fn a_detached_backend_put_back_at_once() {
 /// A loop device over partition 2 is made mid-apply (a dom0 holder no
 /// xenstore watch sees), and its user writes through it.
 #[test]
-#[ignore = "broken: a loop device made after the first whole look is not looked for; the scrub zeroes data written through it"]
+#[ignore = "broken: a loop device made mid-apply is not looked for (nor is one there at plan time); the scrub zeroes data written through it"]
 fn a_loop_over_the_partition_made_mid_apply() {
     let Some(_devices) = loops_available("a_loop_over_the_partition_made_mid_apply") else {
         return;
@@ -877,4 +877,27 @@ fn a_link_under_an_unconnected_qdisk_repointed_mid_apply() {
         Box::new(())
     });
     assert_refused_mid_apply(&output, &markers);
+}
+
+/// Control for `a_loop_over_the_partition_made_mid_apply`: a loop device
+/// over partition 2 there at plan time stops the plan that adds it.
+/// (It does not: a loop device nobody mounts, swaps on or attaches is no
+/// holder even to the whole look, so the break above is not the
+/// incremental look's alone. An attach of `phy:` partition 2 rw beside
+/// such a loop is planned too, exit 2.)
+#[test]
+#[ignore = "broken: a bare loop device over a partition is no holder even at plan time; the scrub zeroes data written through it"]
+fn a_loop_over_the_partition_at_plan_time_is_refused() {
+    let Some(_devices) = loops_available("a_loop_over_the_partition_at_plan_time_is_refused")
+    else {
+        return;
+    };
+    let scratch = Host::new("");
+    let disk = disk(&scratch);
+    let p2 = disk.partition(2);
+    let _over = ExtraLoop::new(&[&p2]);
+    let marker = Marker::write(&p2, 0, "data of the loop's user");
+    let host = Host::new("");
+    let attack = pool_and_vdisk("exclusive", &p2, "20MiB");
+    host.assert_refused(&host.file("attack.toml", &attack), &[], &[&marker]);
 }
