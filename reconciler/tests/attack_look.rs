@@ -569,7 +569,6 @@ fn move_loop(device: &str, offset: u64) {
 /// (Read back through partition 2: the loop device's own page cache still
 /// shows what was written through it.)
 #[test]
-#[ignore = "broken: a held loop device moved onto a pool partition after the first whole look is not seen; the scrub zeroes guest2's data"]
 fn a_held_loop_moved_onto_the_partition_mid_apply() {
     let Some(_devices) = loops_available("a_held_loop_moved_onto_the_partition_mid_apply") else {
         return;
@@ -842,7 +841,6 @@ fn a_new_backend_over_a_link_still_to_come() {
 /// the link is repointed at partition 2 (no xenstore change at all), and
 /// qemu, connecting, writes there.
 #[test]
-#[ignore = "broken: a backend's params link repointed after the first whole look (no xenstore event) is not resolved again; the scrub zeroes partition 2"]
 fn a_link_under_an_unconnected_qdisk_repointed_mid_apply() {
     let Some(_devices) = loops_available("a_link_under_an_unconnected_qdisk_repointed_mid_apply")
     else {

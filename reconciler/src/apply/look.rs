@@ -16,7 +16,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Observer, StepError};
 use crate::extent::DevNum;
-use crate::observe::{Attachment, BlockDevice, HostChanges, HostState};
+use crate::observe::{
+    Attachment, BlockDevice, HostChanges, HostState, LoopBacking, PathTarget, paths::normalise,
+};
 use crate::plan::{Op, Step, recheck};
 use crate::state::StateDb;
 
@@ -36,6 +38,28 @@ pub(super) struct Look<'a> {
     /// not know of nor this run make (a backend still being taken away
     /// counts); `None` before the first whole look.
     suspects: Option<BTreeMap<Place, Attachment>>,
+    /// The paths of the attachments the plan knew of that no backend has
+    /// opened yet (no `physical-device`), and what each named then: a
+    /// path that names something else now moves its holder without a
+    /// change in xenstore.
+    unpinned: Vec<(String, Option<PathTarget>)>,
+    /// What every block device sat on at the last look: a loop device
+    /// moved, or a device-mapper device rebuilt, moves its holders
+    /// without a change in xenstore.
+    footings: Vec<Footing>,
+}
+
+/// [`recheck::Footing`], owned.
+type Footing = (DevNum, DevNum, u64, Option<LoopBacking>, Vec<String>);
+
+fn footings(devices: &[BlockDevice]) -> Vec<Footing> {
+    devices
+        .iter()
+        .map(|device| {
+            let (number, disk, start, backing, slaves) = recheck::footing(device);
+            (number, disk, start, backing.cloned(), slaves.to_vec())
+        })
+        .collect()
 }
 
 impl<'a> Look<'a> {
@@ -47,6 +71,17 @@ impl<'a> Look<'a> {
             detached: BTreeSet::new(),
             detached_since: BTreeSet::new(),
             suspects: None,
+            unpinned: before
+                .attachments
+                .iter()
+                .filter(|a| a.physical_device.is_none())
+                .map(|a| {
+                    let path = normalise(a.path());
+                    let target = before.path(&path).cloned();
+                    (path, target)
+                })
+                .collect(),
+            footings: footings(&before.block_devices),
         }
     }
 
@@ -87,8 +122,9 @@ impl<'a> Look<'a> {
         if !recheck::writes_sectors(&step.op) {
             return Ok(());
         }
+        let paths: Vec<String> = self.unpinned.iter().map(|(p, _)| p.clone()).collect();
         if self.suspects.is_some()
-            && let Some(changes) = observer.changes().map_err(StepError::ObserveAgain)?
+            && let Some(changes) = observer.changes(&paths).map_err(StepError::ObserveAgain)?
         {
             let changed = changes.backends.attachments.len() + changes.backends.gone.len();
             if self.nothing_new(&changes, realised) {
@@ -108,6 +144,7 @@ impl<'a> Look<'a> {
         let now = observer.whole().map_err(StepError::ObserveAgain)?;
         tracing::debug!("step {}: looked at the whole host", step.id);
         self.detached_since.clear();
+        self.footings = footings(&now.block_devices);
         let check = recheck::Recheck {
             before: self.before,
             now: &now,
@@ -139,6 +176,28 @@ impl<'a> Look<'a> {
     /// devices. False leaves the suspects as they may be wrong: the whole
     /// look that follows sets them again.
     fn nothing_new(&mut self, changes: &HostChanges, realised: &BTreeMap<String, String>) -> bool {
+        // What xenstore does not tell: devices that sit elsewhere, paths
+        // that name something else.
+        // A device new since (a vdisk this run realised, say) moves no
+        // holder the last look saw; one it saw that sits elsewhere does.
+        let footings_now = footings(&changes.block_devices);
+        let sits_elsewhere = self.footings.iter().any(|then| {
+            footings_now
+                .binary_search_by_key(&then.0, |now| now.0)
+                .is_ok_and(|i| footings_now[i] != *then)
+        });
+        if sits_elsewhere {
+            return false;
+        }
+        self.footings = footings_now;
+        let paths_moved = self
+            .unpinned
+            .iter()
+            .zip(&changes.paths)
+            .any(|((_, then), now)| then.as_ref() != Some(now));
+        if paths_moved {
+            return false;
+        }
         let Look {
             known,
             attached,

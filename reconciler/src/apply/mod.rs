@@ -50,9 +50,10 @@ pub struct Drivers {
 pub trait Observer {
     /// The whole host, as it is now.
     fn whole(&mut self) -> Result<HostState, String>;
-    /// What changed since the last look (either kind), `None` when this
-    /// observer cannot tell: then apply asks for the whole host.
-    fn changes(&mut self) -> Result<Option<HostChanges>, String>;
+    /// What changed since the last look (either kind), and what `paths`
+    /// name now; `None` when this observer cannot tell: then apply asks
+    /// for the whole host.
+    fn changes(&mut self, paths: &[String]) -> Result<Option<HostChanges>, String>;
 }
 
 /// What makes a toolstack for a worker thread.

@@ -313,6 +313,8 @@ pub struct HostChanges {
     pub backends: BackendChanges,
     pub dom0_uses: Vec<Dom0Use>,
     pub block_devices: Vec<BlockDevice>,
+    /// What each of the paths asked about names now, in the order asked.
+    pub paths: Vec<PathTarget>,
 }
 
 impl HostWatch {
@@ -338,9 +340,10 @@ impl HostWatch {
         observe(&self.options)
     }
 
-    /// What changed since the last look, `None` when it cannot be told
-    /// (no watch): then look at the whole host.
-    pub fn changes(&mut self) -> Result<Option<HostChanges>, ObserveError> {
+    /// What changed since the last look, and what `paths` name now;
+    /// `None` when it cannot be told (no watch): then look at the whole
+    /// host.
+    pub fn changes(&mut self, paths: &[String]) -> Result<Option<HostChanges>, ObserveError> {
         let Some(watch) = self.backends.as_mut() else {
             return Ok(None);
         };
@@ -353,10 +356,15 @@ impl HostWatch {
             }
         };
         let (block_devices, dom0_uses) = observe_dom0(&self.options)?;
+        let paths = paths
+            .iter()
+            .map(|path| paths::resolve(&self.options.host_root, path, &block_devices))
+            .collect();
         Ok(Some(HostChanges {
             backends,
             dom0_uses,
             block_devices,
+            paths,
         }))
     }
 }

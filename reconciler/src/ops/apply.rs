@@ -359,8 +359,8 @@ impl crate::apply::Observer for Watched {
         self.0.whole().map_err(|error| error.to_string())
     }
 
-    fn changes(&mut self) -> Result<Option<crate::observe::HostChanges>, String> {
-        self.0.changes().map_err(|error| error.to_string())
+    fn changes(&mut self, paths: &[String]) -> Result<Option<crate::observe::HostChanges>, String> {
+        self.0.changes(paths).map_err(|error| error.to_string())
     }
 }
 

@@ -11,7 +11,8 @@ use super::Op;
 use super::actual::ActualIndex;
 use super::resolve::{Area, Resolver, normalise};
 use crate::desired::Source;
-use crate::observe::{Attachment, Dom0Use, HostState};
+use crate::extent::DevNum;
+use crate::observe::{Attachment, BlockDevice, Dom0Use, HostState, LoopBacking, PathTarget};
 use crate::state::StateSnapshot;
 
 /// What the apply knows of the host while it runs.
@@ -70,6 +71,46 @@ pub fn is_newcomer(
     !(known.has_attachment(attachment) || attached.contains(&key)) || detached.contains(&key)
 }
 
+/// Whether an attachment the plan knew of reaches other sectors now, with
+/// the same nodes in xenstore: the path of one not opened yet (no
+/// `physical-device`) names something else (a link repointed, a file
+/// replaced), or the device it goes through sits elsewhere (a loop device
+/// moved to other sectors, a device-mapper device rebuilt on others).
+pub fn moved(before: &HostState, now: &HostState, attachment: &Attachment) -> bool {
+    let path = normalise(attachment.path());
+    if attachment.physical_device.is_none() && before.path(&path) != now.path(&path) {
+        return true;
+    }
+    let device = attachment.physical_device.or(match now.path(&path) {
+        Some(PathTarget::Block { device }) => Some(*device),
+        _ => None,
+    });
+    device.is_some_and(|device| footing_of(before, device) != footing_of(now, device))
+}
+
+/// What a block device sits on: its disk and first sector, its loop
+/// device's backing, the devices under it. A change of any moves every
+/// holder through it.
+pub type Footing<'a> = (DevNum, DevNum, u64, Option<&'a LoopBacking>, &'a [String]);
+
+pub fn footing(device: &BlockDevice) -> Footing<'_> {
+    (
+        device.device,
+        device.disk,
+        device.start,
+        device.loop_backing.as_ref(),
+        &device.slaves,
+    )
+}
+
+fn footing_of(host: &HostState, device: DevNum) -> Option<Footing<'_>> {
+    // Observed (and loaded) in device order.
+    host.block_devices
+        .binary_search_by_key(&device, |d| d.device)
+        .ok()
+        .map(|i| footing(&host.block_devices[i]))
+}
+
 /// Holders in `check.now` the plan did not know of (nor this run make):
 /// cheap, so that apply looks closer only when there are some.
 pub fn newcomers<'a>(check: &Recheck<'a>) -> (Vec<&'a Attachment>, Vec<&'a Dom0Use>) {
@@ -78,7 +119,10 @@ pub fn newcomers<'a>(check: &Recheck<'a>) -> (Vec<&'a Attachment>, Vec<&'a Dom0U
         .now
         .attachments
         .iter()
-        .filter(|a| is_newcomer(&known, check.attached, check.detached, a))
+        .filter(|a| {
+            is_newcomer(&known, check.attached, check.detached, a)
+                || (known.has_attachment(a) && moved(check.before, check.now, a))
+        })
         .collect();
     let uses = check
         .now
