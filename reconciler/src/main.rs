@@ -135,7 +135,8 @@ enum Command {
         #[arg(long, env = "XENDISK_NO_HOTPLUG", value_parser = clap::builder::BoolishValueParser::new())]
         no_hotplug: bool,
     },
-    /// Print the plan's operations and their order as a Graphviz graph.
+    /// Print the plan's operations and their order as a Graphviz graph
+    /// (steps refused for unsafe sharing in red); exits as `plan` does.
     Graph {
         /// The desired-state file.
         file: PathBuf,

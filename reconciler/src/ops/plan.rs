@@ -214,13 +214,7 @@ pub fn plan(options: &PlanOptions, console: &mut Console<'_>) -> anyhow::Result<
         render::plan::json(&plan, &made_from, &mut text)?;
         super::write_whole(path, &text)?;
     }
-    Ok(if plan.is_refused() {
-        Exit::Refused
-    } else if plan.is_empty() {
-        Exit::Success
-    } else {
-        Exit::Changes
-    })
+    Ok(verdict(&plan))
 }
 
 /// `xendisk graph FILE`
@@ -231,7 +225,9 @@ pub struct GraphOptions {
     pub allow_destroy: bool,
 }
 
-/// Prints the plan's operations and their order as Graphviz DOT.
+/// Prints the plan's operations and their order as Graphviz DOT, steps
+/// from which the plan would share an area unsafely in red; exits as
+/// `plan` does.
 pub fn graph(options: &GraphOptions, console: &mut Console<'_>) -> anyhow::Result<Exit> {
     let (plan, _) = match make_plan(
         &options.file,
@@ -243,7 +239,18 @@ pub fn graph(options: &GraphOptions, console: &mut Console<'_>) -> anyhow::Resul
         Err(exit) => return Ok(exit),
     };
     render::plan::dot(&plan, console.out)?;
-    Ok(Exit::Success)
+    Ok(verdict(&plan))
+}
+
+/// How `plan` and `graph` exit: 3 refused, 0 nothing to do, 2 changes.
+fn verdict(plan: &crate::plan::Plan) -> Exit {
+    if plan.is_refused() {
+        Exit::Refused
+    } else if plan.is_empty() {
+        Exit::Success
+    } else {
+        Exit::Changes
+    }
 }
 
 /// `xendisk generate`

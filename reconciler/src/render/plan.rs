@@ -400,18 +400,32 @@ pub fn difference(saved: &SavedPlan, fresh: &Plan) -> Option<String> {
 pub fn dot(plan: &Plan, out: &mut dyn Write) -> io::Result<()> {
     use petgraph::dot::{Config, Dot};
     use petgraph::graph::DiGraph;
-    let mut graph: DiGraph<String, ()> = DiGraph::new();
+    // Steps from which two holders would share an area unsafely: drawn red.
+    let refused: std::collections::BTreeSet<usize> = plan
+        .safety
+        .conflicts
+        .iter()
+        .map(|conflict| conflict.from_step)
+        .collect();
+    let mut graph: DiGraph<(String, bool), ()> = DiGraph::new();
     let nodes: Vec<_> = plan
         .steps
         .iter()
         .map(|step| {
-            graph.add_node(format!(
-                "[{}] {} {}: {}",
+            let refused = refused.contains(&step.id);
+            let label = format!(
+                "[{}] {} {}: {}{}",
                 step.id,
                 step.op.symbol(),
                 step.op.resource(),
-                describe(&step.op)
-            ))
+                describe(&step.op),
+                if refused {
+                    " (refused: unsafe sharing)"
+                } else {
+                    ""
+                }
+            );
+            graph.add_node((label, refused))
         })
         .collect();
     for step in &plan.steps {
@@ -419,10 +433,24 @@ pub fn dot(plan: &Plan, out: &mut dyn Write) -> io::Result<()> {
             graph.add_edge(nodes[dependency - 1], nodes[step.id - 1], ());
         }
     }
+    let labelled = graph.map(|_, (label, _)| label.clone(), |_, ()| String::new());
+    let node_style = |_, (index, _): (petgraph::graph::NodeIndex, &String)| {
+        if graph[index].1 {
+            "color = red, fontcolor = red".to_owned()
+        } else {
+            String::new()
+        }
+    };
+    // Display, not Debug: a label is the step's text, not a quoted string.
     writeln!(
         out,
-        "{:?}",
-        Dot::with_config(&graph, &[Config::EdgeNoLabel])
+        "{}",
+        Dot::with_attr_getters(
+            &labelled,
+            &[Config::EdgeNoLabel],
+            &|_, _| String::new(),
+            &node_style
+        )
     )
 }
 
